@@ -1,0 +1,155 @@
+"""Build and load a prepared data folder.
+
+``prepare_data`` is the body of the Snakemake data rule: corpus -> split ->
+tokenizer -> token arrays, written once per benchmark. Layout of the folder::
+
+    tokenizer.json   the tokenizer (trained or copied pretrained)
+    train.npy        1-D packed token ids of the train documents
+    val.npy          1-D packed token ids of the validation documents
+    val_docs.jsonl   held-out documents {"id", "text"}, for zero-shot tasks
+    manifest.json    counts, hashes, config; written LAST
+
+Every file is written atomically and the manifest last, so a folder with a
+manifest is complete; a folder without one is garbage from an interrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ..io import atomic_open, write_text
+from .corpus import load_documents
+from .errors import DataError
+from .split import split_documents
+from .tokenizer import eos_id, load_pretrained, train_bpe
+from .tokens import encode_documents, token_dtype
+
+MANIFEST = "manifest.json"
+FILES = ("tokenizer.json", "train.npy", "val.npy", "val_docs.jsonl")
+
+
+def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progress: bool = True) -> dict:
+    """Prepare ``out_dir`` for ``data_cfg`` and return its manifest; reuse it if already done."""
+    out = Path(out_dir)
+    cached = _reusable_manifest(out, data_cfg)
+    if cached is not None:
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    train_docs, val_docs = split_documents(
+        load_documents(data_cfg), float(data_cfg.get("val_fraction", 0.05)), int(data_cfg.get("split_seed", 0))
+    )
+    tok = _build_tokenizer(data_cfg, train_docs)
+    tok_json = tok.to_str()
+    write_text(out / "tokenizer.json", tok_json)
+    eos, vocab = eos_id(tok), tok.get_vocab_size()
+    dtype = token_dtype(vocab)
+    train = encode_documents(tok, train_docs, eos, dtype, progress=progress, desc="tokenize train")
+    val = encode_documents(tok, val_docs, eos, dtype, progress=progress, desc="tokenize val")
+    _save_npy(out / "train.npy", train)
+    _save_npy(out / "val.npy", val)
+    _save_val_docs(out / "val_docs.jsonl", val_docs)
+    manifest = {
+        "source": data_cfg["source"],
+        "data": _jsonable(data_cfg),
+        "n_documents": {"train": len(train_docs), "val": len(val_docs)},
+        "tokens": {"train": int(train.size), "val": int(val.size)},
+        "vocab_size": vocab,
+        "eos_id": eos,
+        "dtype": dtype.name,
+        "tokenizer_sha256": hashlib.sha256(tok_json.encode("utf-8")).hexdigest(),
+        "train_docs_sha256": docs_sha256(train_docs),
+        "val_docs_sha256": docs_sha256(val_docs),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+@dataclass(frozen=True)
+class TokenData:
+    """A prepared data folder, opened read-only with memory-mapped token arrays."""
+
+    train: np.ndarray
+    val: np.ndarray
+    manifest: dict
+    vocab_size: int
+    eos_id: int
+    tokenizer_path: Path
+
+    def tokenizer(self) -> Tokenizer:
+        """Load the tokenizer that produced these ids (for decoding and zero-shot tasks)."""
+        return Tokenizer.from_file(str(self.tokenizer_path))
+
+
+def load_data(out_dir: str | os.PathLike) -> TokenData:
+    """Open a folder written by :func:`prepare_data`; memory-mapped, so every process shares pages."""
+    out = Path(out_dir)
+    if not (out / MANIFEST).is_file():
+        raise DataError(
+            f"data folder {str(out)!r}: no {MANIFEST}; valid: a folder completed by prepare_data (run the data rule)"
+        )
+    manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    return TokenData(
+        train=np.load(out / "train.npy", mmap_mode="r"),
+        val=np.load(out / "val.npy", mmap_mode="r"),
+        manifest=manifest,
+        vocab_size=int(manifest["vocab_size"]),
+        eos_id=int(manifest["eos_id"]),
+        tokenizer_path=out / "tokenizer.json",
+    )
+
+
+def docs_sha256(docs: Iterable[str]) -> str:
+    """Order-independent fingerprint of a document set (sorted texts, NUL-separated)."""
+    h = hashlib.sha256()
+    for text in sorted(docs):
+        h.update(text.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _build_tokenizer(data_cfg: Mapping[str, Any], train_docs: list[str]) -> Tokenizer:
+    """Train BPE on the train split (``tokenizer: bpe``), else load the named pretrained one."""
+    name = str(data_cfg.get("tokenizer", "bpe"))
+    if name == "bpe":
+        return train_bpe(train_docs, int(data_cfg.get("vocab_size", 2048)))
+    return load_pretrained(name)
+
+
+def _reusable_manifest(out: Path, data_cfg: Mapping[str, Any]) -> dict | None:
+    """The existing manifest if it was made from the same config and all files are present."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    complete = all((out / name).is_file() for name in FILES)
+    return manifest if complete and manifest.get("data") == _jsonable(data_cfg) else None
+
+
+def _jsonable(data_cfg: Mapping[str, Any]) -> dict:
+    """The config as it reads back from JSON, so a fresh dict compares equal to a stored one."""
+    return json.loads(json.dumps(dict(data_cfg), sort_keys=True))
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_open(path, "wb") as f:
+        np.save(f, arr)
+
+
+def _save_val_docs(path: Path, docs: list[str]) -> None:
+    with atomic_open(path, "w") as f:
+        for i, text in enumerate(docs):
+            f.write(json.dumps({"id": i, "text": text}, ensure_ascii=False) + "\n")

@@ -1,0 +1,67 @@
+"""Tokenizers: a byte-level BPE trained on the train split, or a pretrained one.
+
+Training our own small vocabulary keeps the embedding table small relative to
+the tiny models a stability sweep trains, and training it on the train split
+only keeps validation text unseen. Byte-level BPE never produces unknown
+tokens, so any text round-trips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .errors import DataError, config_error
+
+EOS_TOKEN = "<|endoftext|>"
+# End-of-document tokens of common pretrained tokenizers, tried in order.
+_EOS_CANDIDATES = (EOS_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|im_end|>")
+
+
+def train_bpe(train_docs: Sequence[str], vocab_size: int) -> Tokenizer:
+    """Train a byte-level BPE with ``<|endoftext|>`` as its only special token (id 0)."""
+    min_vocab = len(pre_tokenizers.ByteLevel.alphabet()) + 1
+    if vocab_size < min_vocab:
+        raise config_error("vocab_size", vocab_size, "too small for byte-level BPE", f">= {min_vocab}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,  # the bar would pollute Snakemake logs; prepare_data shows its own
+    )
+    tok.train_from_iterator(train_docs, trainer=trainer, length=len(train_docs))
+    return tok
+
+
+def load_pretrained(name_or_path: str) -> Tokenizer:
+    """Load a ``tokenizer.json`` file, or a hub tokenizer by name (needs network)."""
+    path = Path(name_or_path)
+    try:
+        if path.is_dir() and (path / "tokenizer.json").is_file():
+            return Tokenizer.from_file(str(path / "tokenizer.json"))
+        if path.is_file():
+            return Tokenizer.from_file(str(path))
+        return Tokenizer.from_pretrained(name_or_path)
+    except Exception as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise config_error(
+            "tokenizer", name_or_path, f"cannot load tokenizer ({msg})",
+            "'bpe', a path to a tokenizer.json file, or a hub tokenizer name (online)",
+        ) from None
+
+
+def eos_id(tok: Tokenizer) -> int:
+    """Id of the end-of-document token that separates packed documents."""
+    for token in _EOS_CANDIDATES:
+        idx = tok.token_to_id(token)
+        if idx is not None:
+            return idx
+    raise DataError(
+        "data.tokenizer: tokenizer has no end-of-document token; valid: a tokenizer defining one of "
+        + ", ".join(repr(t) for t in _EOS_CANDIDATES)
+    )
