@@ -1,0 +1,273 @@
+"""One self-contained HTML report: leaderboard, figures, per-run table, method docs,
+settings and provenance.
+
+Self-contained means it opens offline from an e-mail attachment or a CI artifact: CSS is
+inline, figures are base64 PNG data URIs, there is no JavaScript and no external URL.
+Every piece of text from runs, docs or settings is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from stabench.io import write_text
+from analysis.leaderboard import sens_col
+
+# Fixed figure names written by `python -m analysis figures`, in report order.
+FIGURE_CAPTIONS = {
+    "loss_vs_lr": "Final validation loss vs peak learning rate, one panel per model size "
+                  "(the Figure-1 view of Wortsman et al.). A diverged run is drawn as an x at the "
+                  "init loss l0 (dashed line), which is the value the metric gives it. A flat, "
+                  "low curve is a robust method.",
+    "sensitivity_vs_size": "LR sensitivity of each method vs model size (parameter count). "
+                           "Lower is better; a rising line means the method gets more fragile "
+                           "as models grow.",
+    "attn_logit_vs_lr": "Largest attention logit (max over layers) at the end of training vs "
+                        "peak LR. Wortsman et al. see divergence once it passes ~1e4 (dotted line); "
+                        "qk-layernorm is meant to keep it bounded.",
+    "loss_curves": "Training loss (lines) and validation loss (dots) vs step for each method's "
+                   "best-LR run and highest-LR run at the largest size: a stable and an unstable "
+                   "example.",
+    "log_z": "Mean log Z (log-sum-exp of the output logits) vs step for the same runs. Drift "
+             "away from 0 is the output-logit divergence that z-loss targets.",
+}
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:.2em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.8em}
+.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;font-size:.9em;margin:.6em 0}
+th,td{border:1px solid #ddd;padding:.3em .55em;text-align:right;white-space:nowrap}
+th{background:#f3f4f6}td.l,th.l{text-align:left}
+tr.best td{background:#e7f6e7;font-weight:600}
+tr.flag td{background:#fff6dd}tr.best.flag td{background:#eaf3d2}
+tr.incomplete td{color:#888}
+.badge{display:inline-block;font-size:.78em;padding:0 .45em;border-radius:.6em;margin-left:.3em;
+font-weight:normal}
+.b-flag{background:#f5c542;color:#442}.b-inc{background:#ddd;color:#444}
+.note{background:#f7f7fb;border-left:4px solid #8a8fd8;padding:.5em 1em;margin:1em 0}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}
+figcaption{color:#444;font-size:.92em;margin-top:.3em}
+pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em;white-space:pre-wrap}
+details{margin:.6em 0}summary{cursor:pointer;font-weight:600}
+.scroll{overflow-x:auto}
+"""
+
+
+def esc(x) -> str:
+    return html.escape("" if x is None else str(x), quote=True)
+
+
+def _isnan(x) -> bool:
+    try:
+        return x is None or (isinstance(x, float) and math.isnan(x)) or pd.isna(x)
+    except (TypeError, ValueError):
+        return False
+
+
+def fmt_num(x, digits: int = 4) -> str:
+    if _isnan(x):
+        return "—"
+    x = float(x)
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    return f"{x:.{digits}f}"
+
+
+def fmt_g(x, digits: int = 3) -> str:
+    """Learning rates, parameter counts, logits: compact general format."""
+    return "—" if _isnan(x) else f"{float(x):.{digits}g}"
+
+
+def fmt_int(x) -> str:
+    return "—" if _isnan(x) else f"{int(round(float(x))):,}"
+
+
+def png_data_uri(path: Path | str) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def choose_curve_runs(runs: pd.DataFrame, size_order: list[str] | None = None) -> list[str]:
+    """run_dirs to draw as training curves: at the largest size, each method's best-LR run
+    (lowest seed-averaged effective loss; lowest seed) and its highest-LR run (lowest
+    seed), i.e. one stable and one unstable example per method. The largest size is the
+    last of size_order present in runs, else the one with most parameters."""
+    if runs.empty:
+        return []
+    present = set(runs["size"])
+    ordered = [s for s in (size_order or []) if s in present]
+    if ordered:
+        size = ordered[-1]
+    else:
+        size = runs.groupby("size")["n_params"].median().sort_values(kind="stable").index[-1] \
+            if "n_params" in runs else sorted(present)[-1]
+    d = runs[runs["size"] == size]
+    if "effective_loss" not in d:
+        from analysis.runs import with_effective_loss
+        d = with_effective_loss(d)
+    chosen: list[str] = []
+    for _, m in d.groupby("method", sort=True):
+        cells = m.groupby("lr")["effective_loss"].mean()
+        lrs = [cells.idxmin() if cells.notna().any() else cells.index.min(), cells.index.max()]
+        for lr in lrs:
+            r = m[m["lr"] == lr].sort_values("seed", kind="stable")
+            run_dir = str(r["run_dir"].iloc[0])
+            if run_dir not in chosen:
+                chosen.append(run_dir)
+    return chosen
+
+
+def _leaderboard_html(lb: pd.DataFrame) -> str:
+    sizes = [c[len("lr_sensitivity["):-1] for c in lb.columns if c.startswith("lr_sensitivity[")]
+    largest = sizes[-1] if sizes else ""
+    head = ["Rank", "Method", "LR sensitivity<br>(mean over sizes)",
+            *[f"LR sens.<br>{esc(s)}" for s in sizes],
+            f"Best loss<br>{esc(largest)}", f"Best LR<br>{esc(largest)}", "Diverged / runs"]
+    rows = []
+    for _, r in lb.iterrows():
+        cls = []
+        badges = ""
+        if int(r["rank"]) == 1:
+            cls.append("best")
+        if bool(r.get("changes_lr_meaning", False)):
+            cls.append("flag")
+            badges += '<span class="badge b-flag" title="changes what LR means: its LR ' \
+                      'sensitivity is not comparable">rescales LR</span>'
+        if "complete" in r and not bool(r["complete"]):
+            cls.append("incomplete")
+            badges += f'<span class="badge b-inc">missing {esc(r.get("missing_sizes", ""))}</span>'
+        cells = [f"<td>{int(r['rank'])}</td>",
+                 f'<td class="l">{esc(r["method"])}{badges}</td>',
+                 f"<td>{fmt_num(r['lr_sensitivity'])}</td>",
+                 *[f"<td>{fmt_num(r[sens_col(s)])}</td>" for s in sizes],
+                 f"<td>{fmt_num(r['best_loss'])}</td>",
+                 f"<td>{fmt_g(r['best_lr'])}</td>",
+                 f"<td>{fmt_int(r['diverged'])} / {fmt_int(r['runs'])}</td>"]
+        rows.append(f'<tr class="{" ".join(cls)}">' + "".join(cells) + "</tr>")
+    ths = "".join(f'<th class="l">{h}</th>' if h == "Method" else f"<th>{h}</th>" for h in head)
+    return (f'<div class="scroll"><table id="leaderboard"><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+RUN_TABLE = [  # (column, header, formatter)
+    ("method", "Method", esc), ("size", "Size", esc), ("lr", "Peak LR", fmt_g),
+    ("seed", "Seed", fmt_int), ("final_val_loss", "Final val loss", fmt_num),
+    ("effective_loss", "Scored loss min(l, l0)", fmt_num), ("init_loss", "Init loss l0", fmt_num),
+    ("diverged", "Diverged", lambda x: "yes" if bool(x) else ""),
+    ("diverged_at_step", "Diverged at step", lambda x: "" if _isnan(x) else fmt_int(x)),
+    ("steps", "Steps", fmt_int), ("tokens", "Tokens", fmt_int),
+    ("wall_seconds", "Wall time (s)", lambda x: fmt_num(x, 1)),
+    ("tokens_per_second", "Tokens/s", fmt_int),
+    ("max_attn_logit", "Max attn logit", fmt_g), ("final_log_z", "Final log Z", lambda x: fmt_num(x, 3)),
+    ("n_params", "Params", fmt_int), ("method_versions", "Versions", esc), ("run_dir", "Run folder", esc),
+]
+
+
+def _runs_html(runs: pd.DataFrame) -> str:
+    cols = [c for c in RUN_TABLE if c[0] in runs.columns]
+    ths = "".join(f'<th class="l">{h}</th>' if c in ("method", "run_dir", "method_versions") else
+                  f"<th>{h}</th>" for c, h, _ in cols)
+    rows = []
+    for _, r in runs.iterrows():
+        tds = "".join(
+            f'<td class="l">{f(r[c])}</td>' if c in ("method", "run_dir", "method_versions")
+            else f"<td>{f(r[c])}</td>" for c, _, f in cols)
+        rows.append(f"<tr>{tds}</tr>")
+    return (f'<div class="scroll"><table id="runs"><thead><tr>{ths}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _dl(d: Mapping) -> str:
+    items = []
+    for k, v in d.items():
+        v = json.dumps(v, indent=1, default=str) if isinstance(v, (dict, list)) else v
+        items.append(f'<tr><th class="l">{esc(k)}</th><td class="l">{esc(v)}</td></tr>')
+    return f"<table>{''.join(items)}</table>"
+
+
+def build_report(out_html: Path | str, *, benchmark_name: str, leaderboard_df: pd.DataFrame,
+                 runs_df: pd.DataFrame, figure_pngs: Mapping[str, Path | str],
+                 method_docs: Mapping[str, str], settings: Mapping, provenance: Mapping) -> None:
+    """Write the report to out_html (atomically).
+
+    figure_pngs: name -> PNG path; names in FIGURE_CAPTIONS get their caption, others a
+    caption from the name. method_docs: method label -> docstring. settings: the benchmark
+    definition (shown as YAML). provenance: versions, git commit, date... (a
+    'generated' timestamp is added if absent).
+    """
+    lb = leaderboard_df
+    flagged = [m for m, f in zip(lb["method"], lb.get("changes_lr_meaning", [False] * len(lb))) if bool(f)]
+    incomplete = [] if "complete" not in lb else list(lb.loc[~lb["complete"].astype(bool), "method"])
+    sizes = [c[len("lr_sensitivity["):-1] for c in lb.columns if c.startswith("lr_sensitivity[")]
+    n_div = int(runs_df["diverged"].astype(bool).sum()) if "diverged" in runs_df else 0
+
+    parts = [f"<h1>stabench report: {esc(benchmark_name)}</h1>",
+             f'<p class="sub">{len(lb)} methods · {len(runs_df)} training runs ({n_div} diverged) · '
+             f"sizes {esc(', '.join(sizes))}</p>",
+             "<h2>How to read this</h2>",
+             "<p>Each method was trained at every peak learning rate (LR) of a grid, at each model "
+             "size. Its <b>LR sensitivity</b> (Wortsman et al. 2023, <i>Small-scale proxies for "
+             "large-scale Transformer training instabilities</i>, section 2.2) is the mean, over the "
+             "LR grid, of <code>min(l, l0) − l*</code>: how much final validation loss the method "
+             "loses by not being trained at its best LR. Here <code>l</code> is the final validation "
+             "loss (averaged over seeds), <code>l0</code> the loss at initialization (≈ ln of the "
+             "vocabulary size; a diverged run counts as <code>l0</code>), and <code>l*</code> the "
+             "method's lowest loss on the grid at that size. <b>Lower is better</b>: 0 means the "
+             "LR does not matter. The leaderboard ranks methods by LR sensitivity averaged over "
+             "model sizes; ties go to the lower best loss.</p>",
+             '<div class="note"><b>Caveats.</b><ul>'
+             "<li>LR sensitivity ignores the absolute loss level: a method that never learns scores "
+             "0. Always read the <b>best loss</b> column beside it (shown for the largest size, "
+             f"{esc(largest_or(sizes))}).</li>"
+             "<li>The metric is not comparable for methods that change what “LR” means "
+             "(for example per-layer LR scaling): their grid covers different effective LRs. Such "
+             "rows are marked <span class=\"badge b-flag\">rescales LR</span>"
+             + (f": {esc(', '.join(flagged))}." if flagged else "; none in this benchmark.")
+             + "</li><li>Losses are cross-entropy in nats per token on the benchmark's validation "
+             "split; a grid that is too narrow understates every method's sensitivity.</li>"
+             + (f"<li>Ranked last because some sizes are missing (their mean covers fewer sizes): "
+                f"{esc(', '.join(incomplete))}.</li>" if incomplete else "")
+             + "</ul></div>",
+             "<h2>Leaderboard</h2>", _leaderboard_html(lb)]
+
+    if figure_pngs:
+        parts.append("<h2>Figures</h2>")
+        for name, path in figure_pngs.items():
+            cap = FIGURE_CAPTIONS.get(name, name.replace("_", " ").capitalize() + ".")
+            parts.append(f'<figure id="fig-{esc(name)}"><img alt="{esc(name)}" '
+                         f'src="{png_data_uri(path)}"><figcaption>{esc(cap)}</figcaption></figure>')
+
+    parts += ["<h2>All runs</h2>",
+              f"<details><summary>Per-run table ({len(runs_df)} runs)</summary>"
+              f"{_runs_html(runs_df)}</details>"]
+
+    parts.append("<h2>Methods</h2>")
+    for label in sorted(method_docs):
+        parts.append(f"<h3>{esc(label)}</h3><pre>{esc(method_docs[label])}</pre>")
+
+    parts += ["<h2>Benchmark settings</h2>",
+              f"<pre>{esc(yaml.safe_dump(dict(settings), sort_keys=False, default_flow_style=False))}</pre>",
+              "<h2>Provenance</h2>"]
+    prov = dict(provenance)
+    prov.setdefault("generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
+    parts.append(_dl(prov))
+
+    doc = ("<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+           "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+           f"<title>stabench: {esc(benchmark_name)}</title><style>{CSS}</style></head><body>"
+           + "\n".join(parts) + "</body></html>\n")
+    write_text(out_html, doc)
+
+
+def largest_or(sizes: list[str]) -> str:
+    return sizes[-1] if sizes else "n/a"

@@ -1,0 +1,141 @@
+"""One row per training run, read from each run's metrics.json.
+
+The training engine writes `results/<bench>/runs/<method>/<size>/lr<lr>-s<seed>/` with a
+`metrics.json` and a `history.csv`. This module flattens the metrics into a table
+(`runs.csv`) that every later step (scoring, figures, report) reads, and adds the
+`effective_loss` column that the LR-sensitivity metric is defined on (METHODS.md):
+a diverged run, or one whose final loss is not finite, counts as the loss at
+initialization l0, and any loss above l0 is clipped to l0.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+RUN_COLUMNS = [
+    "method", "size", "lr", "seed",
+    "final_val_loss", "init_loss", "effective_loss",
+    "diverged", "diverged_at_step",
+    "steps", "tokens", "wall_seconds", "tokens_per_second",
+    "max_attn_logit", "final_log_z", "n_params",
+    "changes_lr_meaning", "method_versions", "run_dir",
+]
+
+
+def _float(x) -> float:
+    """JSON null / missing / junk -> NaN, so arithmetic never trips on None."""
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def effective_loss(final_val_loss, init_loss, diverged) -> float:
+    """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md).
+
+    Without a recorded l0 we cannot clip: a healthy run keeps its loss and a diverged
+    one becomes NaN (it then drops out of the per-cell seed mean).
+    """
+    final, l0 = _float(final_val_loss), _float(init_loss)
+    bad = bool(diverged) or not math.isfinite(final)
+    if not math.isfinite(l0):
+        return math.nan if bad else final
+    return l0 if bad else min(final, l0)
+
+
+def as_bool(values) -> pd.Series:
+    """Booleans from a column that may hold bools, None/NaN (-> False), 0/1 or the strings
+    'True'/'false'/... (a CSV round trip), without pandas' strict bool-like check."""
+    s = pd.Series(values)
+    def one(x) -> bool:
+        if isinstance(x, str):
+            return x.strip().lower() in ("true", "1", "yes")
+        try:
+            return False if pd.isna(x) else bool(x)
+        except (TypeError, ValueError):
+            return bool(x)
+    return s.map(one).astype(bool)
+
+
+def as_text(values) -> pd.Series:
+    """Strings, with missing values (NaN after a CSV round trip) as ''."""
+    s = pd.Series(values)
+    return pd.Series(["" if pd.isna(x) else str(x) for x in s], index=s.index, dtype=str)
+
+
+def with_effective_loss(runs: pd.DataFrame) -> pd.DataFrame:
+    """Return a copy of runs with an `effective_loss` column (recomputed from
+    final_val_loss, init_loss and diverged) and clean dtypes for `diverged` and
+    `changes_lr_meaning` (missing -> False), so hand-built frames score like real ones."""
+    df = runs.copy()
+    for col in ("diverged", "changes_lr_meaning"):
+        df[col] = as_bool(df[col]) if col in df else False
+    if "init_loss" not in df:
+        df["init_loss"] = np.nan
+    df["effective_loss"] = [
+        effective_loss(f, l0, d)
+        for f, l0, d in zip(df["final_val_loss"], df["init_loss"], df["diverged"])
+    ]
+    return df
+
+
+def read_metrics(path: Path | str) -> dict:
+    """Parse metrics.json (Python's json accepts the NaN/Infinity a trainer may write)."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def run_row(metrics: dict, run_dir: Path | str) -> dict:
+    """Flatten one metrics.json into a runs-table row."""
+    methods = metrics.get("methods") or []
+    row = {
+        "method": str(metrics.get("method", "")),
+        "size": str(metrics.get("size", "")),
+        "lr": _float(metrics.get("lr")),
+        "seed": int(metrics.get("seed") or 0),
+        "final_val_loss": _float(metrics.get("final_val_loss")),
+        "init_loss": _float(metrics.get("init_loss")),
+        "diverged": bool(metrics.get("diverged", False)),
+        "diverged_at_step": _float(metrics.get("diverged_at_step")),
+        "steps": _float(metrics.get("steps")),
+        "tokens": _float(metrics.get("tokens")),
+        "wall_seconds": _float(metrics.get("wall_seconds")),
+        "tokens_per_second": _float(metrics.get("tokens_per_second")),
+        "max_attn_logit": _float(metrics.get("max_attn_logit")),
+        "final_log_z": _float(metrics.get("final_log_z")),
+        "n_params": _float(metrics.get("n_params")),
+        # One method that rescales the LR makes the whole composite incomparable.
+        "changes_lr_meaning": any(bool(m.get("changes_lr_meaning")) for m in methods),
+        # Which method versions produced this row (e.g. "qk_layernorm@1+z_loss@1").
+        "method_versions": "+".join(f"{m.get('name')}@{m.get('version')}" for m in methods),
+        "run_dir": str(run_dir),
+    }
+    row["effective_loss"] = effective_loss(row["final_val_loss"], row["init_loss"], row["diverged"])
+    return row
+
+
+def collect_runs(metric_paths: Iterable[Path | str]) -> pd.DataFrame:
+    """One row per run (columns RUN_COLUMNS), sorted by method, size, lr, seed.
+
+    run_dir is the folder holding each metrics.json, where load_history finds the history.
+    """
+    rows = [run_row(read_metrics(p), Path(p).parent) for p in metric_paths]
+    df = pd.DataFrame(rows, columns=RUN_COLUMNS)
+    if df.empty:
+        return df
+    return df.sort_values(["method", "size", "lr", "seed"], kind="stable").reset_index(drop=True)
+
+
+def load_history(run_dir: Path | str) -> pd.DataFrame:
+    """history.csv of one run, every column numeric (blank val_loss cells -> NaN).
+
+    Probe columns vary between engine versions, so nothing beyond `step` is required;
+    callers check for the columns they plot.
+    """
+    df = pd.read_csv(Path(run_dir) / "history.csv")
+    return df.apply(pd.to_numeric, errors="coerce")
