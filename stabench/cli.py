@@ -1,0 +1,107 @@
+"""Command line: ``stabench prepare``, ``stabench train``, ``stabench methods``.
+
+Everything that can be checked before training is checked first (benchmark schema, method
+names and arguments, size, corpus), so bad input costs seconds and prints one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, load_benchmark, method_specs, run_config
+from .data import DataError, prepare_data
+from .methods import MethodError, known_methods, load_module, load_stack
+from .trainer import DataMismatchError, train_run
+
+USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
+
+
+def default_data_dir(benchmark: dict) -> Path:
+    return Path("results") / benchmark["name"] / "data"
+
+
+def ensure_data(benchmark: dict, data_dir: Path | None, progress: bool) -> Path:
+    data_dir = data_dir or default_data_dir(benchmark)
+    prepare_data(benchmark["data"], data_dir, progress=progress)  # no-op when already prepared
+    return data_dir
+
+
+def cmd_prepare(args) -> int:
+    benchmark = load_benchmark(args.benchmark, args.set)
+    data_dir = ensure_data(benchmark, args.out, progress=not args.no_progress)
+    print(f"data ready in {data_dir}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmark = load_benchmark(args.benchmark, args.set)
+    config = run_config(benchmark, method=args.method, size=args.size, lr=args.lr, seed=args.seed)
+    load_stack(config["method_spec"]["use"], config["method_spec"]["args"])  # fail fast on bad methods
+    data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
+    metrics = train_run(config, args.out, data_dir, progress=not args.no_progress)
+    status = f"diverged at step {metrics['diverged_at_step']}" if metrics["diverged"] else "finished"
+    print(f"{args.method} {args.size} lr={args.lr:g} seed={args.seed}: {status}; "
+          f"val loss {metrics['final_val_loss']:.4f} (init {metrics['init_loss']:.4f}), "
+          f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    if args.benchmark:
+        benchmark = load_benchmark(args.benchmark)
+        for label, spec in method_specs(benchmark).items():
+            stack = load_stack(spec["use"], spec["args"])
+            print(f"{label:32s} {' + '.join(f'{m.name} v{m.version}' for m in stack.methods)}")
+        return 0
+    for name in known_methods():
+        module = load_module(name)
+        summary = (module.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:24s} v{module.VERSION:6s} {summary}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stabench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p):
+        p.add_argument("benchmark", help="benchmark name (benchmarks/NAME.yaml) or path to a YAML file")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a benchmark field, e.g. --set train.steps=300 (repeatable)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("prepare", help="build tokenizer and token arrays for a benchmark")
+    common(p)
+    p.add_argument("--out", type=Path, help="data folder (default results/<benchmark>/data)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train one run (method, size, lr, seed) of a benchmark")
+    common(p)
+    p.add_argument("--method", required=True, help="a method label of the benchmark, or names joined by +")
+    p.add_argument("--size", required=True, help="a size named in the benchmark")
+    p.add_argument("--lr", type=float, required=True, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json, history.csv, checkpoint")
+    p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
+    p.add_argument("benchmark", nargs="?")
+    p.set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        print(f"stabench: error: {exc}", file=sys.stderr)
+        return 2
