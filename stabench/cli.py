@@ -1,4 +1,4 @@
-"""Command line: ``stabench prepare``, ``stabench train``, ``stabench methods``.
+"""Command line: ``stabench prepare | train | describe | methods``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line.
@@ -11,10 +11,13 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 
 from .config import ConfigError, load_benchmark, method_specs, run_config
 from .data import DataError, prepare_data
+from .io import write_json, write_text
 from .methods import MethodError, known_methods, load_module, load_stack
+from .provenance import method_docs, provenance
 from .trainer import DataMismatchError, train_run
 
 USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
@@ -66,6 +69,16 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_describe(args) -> int:
+    benchmark = load_benchmark(args.benchmark, args.set)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "method_docs.json", method_docs(benchmark))
+    write_json(args.out / "provenance.json", provenance())
+    write_text(args.out / "benchmark.yaml", yaml.safe_dump(benchmark, sort_keys=False))
+    print(f"wrote method_docs.json, provenance.json and benchmark.yaml (resolved) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +104,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
     p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("describe", help="write method docs, provenance and the resolved benchmark")
+    common(p)
+    p.add_argument("--out", type=Path, required=True, help="folder for the three files")
+    p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")

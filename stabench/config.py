@@ -20,12 +20,27 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "schema.ya
 BENCHMARKS_DIR = SCHEMA_PATH.parent
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads '1e-3' (no dot) as a string; benchmark authors mean a number."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 class ConfigError(ValueError):
     """A benchmark file or override is invalid; the message is one line for the user."""
 
 
 def load_schema() -> dict:
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return read_yaml(SCHEMA_PATH.read_text())
 
 
 def _with_defaults(validator_class):
@@ -67,7 +82,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
     if error.validator == "type":
         return f"got {got!r}; expected {error.validator_value}"
     if error.validator == "oneOf" and "items" not in schema:
-        return f"got {got!r}; expected a method name like 'qk_layernorm+z_loss' or {{use: ..., args: ...}}"
+        return f"got {got!r}; expected method names joined by '+' like 'a+b', or {{use: ..., args: ...}}"
     hint = schema.get("description")
     return f"got {got!r}: {error.message}" + (f" ({hint})" if hint else "")
 
@@ -100,7 +115,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, value = text.split("=", 1)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
         raise ConfigError(f"--set {text!r}: bad key {key!r}")
-    return key.split("."), yaml.safe_load(value)
+    return key.split("."), read_yaml(value)
 
 
 def apply_overrides(benchmark: dict, overrides: list[str]) -> dict:
@@ -120,7 +135,7 @@ def load_benchmark(name_or_path: str | Path, overrides: list[str] | None = None)
     """Read, override and validate a benchmark file."""
     path = resolve_benchmark_path(name_or_path)
     try:
-        benchmark = yaml.safe_load(path.read_text())
+        benchmark = read_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(benchmark, dict):

@@ -103,10 +103,14 @@ def load_module(name: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[key]
         raise MethodError(f"method {name!r} ({path}) failed to import: {exc!r}") from exc
+    problem = None
     if not (module.__doc__ or "").strip():
-        raise MethodError(f"method {name!r} ({path}) has no docstring; say what it does and cite its paper")
-    if not isinstance(getattr(module, "VERSION", None), str):
-        raise MethodError(f"method {name!r} ({path}) needs VERSION = '<version string>'")
+        problem = "has no docstring; say what it does and cite its paper"
+    elif not isinstance(getattr(module, "VERSION", None), str):
+        problem = "needs VERSION = '<version string>'"
+    if problem:
+        del sys.modules[key]
+        raise MethodError(f"method {name!r} ({path}) {problem}")
     return module
 
 

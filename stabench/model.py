@@ -2,7 +2,7 @@
 
 No biases, LayerNorm eps 1e-6 without bias, GELU MLP of width 4d, learned positions, untied
 head. Init: token and position embeddings N(0, std 1/sqrt(d)); every other weight truncated
-normal (at 2 std) with std 1/sqrt(fan_in).
+normal (cut at 2 std, rescaled to keep the std) with std 1/sqrt(fan_in).
 
 The model names no stabilization method. It exposes the points methods need:
 - ``Attention.q_norm`` / ``k_norm`` (identity by default) act on (B, H, T, head_dim) per head;
@@ -22,8 +22,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# A normal cut at +-2 std has std 0.8796 of the uncut one; scale up so the result has ``std``
+# (as JAX's variance_scaling does), the std the recipe asks for.
+_TRUNCATION_STD = 0.87962566103423978
+
+
 def truncated_normal_(weight: torch.Tensor, std: float) -> torch.Tensor:
-    return nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-2 * std, b=2 * std)
+    wide = std / _TRUNCATION_STD
+    return nn.init.trunc_normal_(weight, mean=0.0, std=wide, a=-2 * wide, b=2 * wide)
 
 
 class Attention(nn.Module):

@@ -135,7 +135,7 @@ def check_data(manifest: dict, config: dict, data_dir: Path) -> None:
 
 
 def versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": torch.__version__, "stabench": __version__,
+    return {"python": platform.python_version(), "torch": str(torch.__version__), "stabench": __version__,
             "numpy": np.__version__}
 
 
@@ -190,7 +190,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         init = evaluate(raw_model, windows, train["eval_batch_size"], accelerator)
         init_loss = init["loss"]
         history = [{"step": 0, "tokens": 0, "val_loss": init_loss, "attn_logit_max": init["attn_logit_max"]}]
-        loss_sum, loss_count = torch.zeros((), device=accelerator.device), 0
+        loss_sum, loss_count = torch.zeros(2, device=accelerator.device), 0
 
     def checkpoint(finished: bool = False, metrics: dict | None = None) -> None:
         save_checkpoint(out_dir, {
@@ -220,7 +220,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         with accelerator.autocast():
             logits = forward(batch[:, :-1])
         targets = batch[:, 1:]
-        loss = cross_entropy(logits, targets)
+        loss = lm_loss = cross_entropy(logits, targets)
         if stack.composed("loss"):
             ctx = LossContext(logits, targets)
             loss = loss + sum(hook(ctx, args) for hook, args in stack.composed("loss"))
@@ -229,15 +229,19 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += targets.numel() * accelerator.num_processes
-        loss_sum += loss.detach().float()
+        # The language-model loss (comparable across methods) and the optimized total.
+        loss_sum += torch.stack([lm_loss.detach(), loss.detach().float()])
         loss_count += 1
         for hook, args in stack.composed("on_step"):
             hook(step, TrainState(step, tokens, raw_model, optimizer, config), args)
         bar.update(1)
         if not probing:
             continue
-        row = run_probes(ProbeContext(step, tokens, lr, loss_sum / loss_count, grad_norm, raw_model,
+        mean_loss = loss_sum / loss_count
+        row = run_probes(ProbeContext(step, tokens, lr, mean_loss[0], grad_norm, raw_model,
                                       optimizer, logits.detach(), config), extra_probes)
+        if stack.composed("loss"):
+            row["loss_total"] = mean_loss[1].item()
         raw_model.capture(False)
         loss_sum.zero_()
         loss_count = 0

@@ -1,0 +1,55 @@
+"""Load and validate the benchmark, and expand it into the grid of runs."""
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path, run_config
+from stabench.methods import MethodError, load_stack
+
+try:
+    BENCHMARK_FILE = resolve_benchmark_path(config.get("benchmark", "cpu"))
+    # stabench's own check first: it names the field and what is allowed in one line.
+    BENCHMARK = load_benchmark(BENCHMARK_FILE)
+    for _spec in method_specs(BENCHMARK).values():
+        load_stack(_spec["use"], _spec["args"])
+except (ConfigError, MethodError) as exc:
+    raise WorkflowError(str(exc)) from None
+# The same schema through Snakemake's validator (fills defaults the same way).
+validate(BENCHMARK, str(workflow.source_path("../../benchmarks/schema.yaml")))
+
+NAME = BENCHMARK["name"]
+RESULTS = f"results/{NAME}"
+PYTHON = sys.executable
+METHODS = list(method_specs(BENCHMARK))
+SIZES = list(BENCHMARK["sizes"])
+LRS = [f"{lr:g}" for lr in BENCHMARK["learning_rates"]]
+SEEDS = [str(s) for s in BENCHMARK["seeds"]]
+TRAIN_THREADS = int(config.get("train_threads", 1))
+
+wildcard_constraints:
+    method=r"[A-Za-z0-9_.+-]+",
+    size=r"[A-Za-z0-9_.-]+",
+    lr=r"[0-9.eE+-]+",
+    seed=r"\d+",
+
+
+def run_dir(method, size, lr, seed):
+    return f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}"
+
+
+ALL_METRICS = [
+    f"{run_dir(m, s, lr, seed)}/metrics.json"
+    for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS
+]
+
+
+def run_params(wildcards):
+    """The resolved run config: a change in it (not in other runs) retriggers this run."""
+    cfg = run_config(BENCHMARK, method=wildcards.method, size=wildcards.size,
+                     lr=float(wildcards.lr), seed=int(wildcards.seed))
+    return json.dumps(cfg, sort_keys=True)

@@ -1,0 +1,18 @@
+rule train:
+    """One run of the grid. A diverged run exits 0 with diverged: true in its metrics; a
+    crash fails only this job, and its log is kept."""
+    input:
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
+        history=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/history.csv",
+    params:
+        run=run_params,
+        out=lambda wc, output: str(Path(output.metrics).parent),
+    threads: TRAIN_THREADS
+    log:
+        f"{RESULTS}/logs/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
+    shell:
+        "{PYTHON} -m stabench train {BENCHMARK_FILE} --method '{wildcards.method}' --size {wildcards.size}"
+        " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {RESULTS}/data"
+        " --threads {threads} > {log} 2>&1"
