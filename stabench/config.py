@@ -182,4 +182,5 @@ def run_config(benchmark: dict, *, method: str, size: str, lr: float, seed: int)
         "model": {**benchmark["model"], **size_config(benchmark, size)},
         "train": copy.deepcopy(benchmark["train"]),
         "optimizer": copy.deepcopy(benchmark["optimizer"]),
+        "probes": copy.deepcopy(benchmark["probes"]),
     }

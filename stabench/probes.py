@@ -7,6 +7,7 @@ other steps). Adding a probe is one decorated function here, or a method's ``pro
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,7 +38,16 @@ class ProbeContext:
     optimizer: torch.optim.Optimizer
     logits: torch.Tensor
     config: dict
+    batch: torch.Tensor | None = None   # this step's (B, T+1) token windows, after transform_batch
+    autocast: Callable = nullcontext     # the trainer's autocast context, for probes that run forwards
     cache: dict = field(default_factory=dict)
+
+    def lm_loss(self, model: nn.Module | None = None, batch: torch.Tensor | None = None) -> torch.Tensor:
+        """Language-model loss of ``model`` on ``batch`` (defaults: this step's), with grad."""
+        model, batch = model or self.model, self.batch if batch is None else batch
+        with self.autocast():
+            logits = model(batch[:, :-1])
+        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
 
     @property
     def log_z(self) -> torch.Tensor:

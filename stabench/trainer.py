@@ -36,6 +36,7 @@ from .io import write_csv, write_json
 from .methods import MethodStack, load_stack
 from .model import GPT
 from .optim import build_optimizer, learning_rate
+from . import curvature  # noqa: F401  (registers its probe)
 from .probes import ProbeContext, run_probes
 
 METRICS_NAME, HISTORY_NAME = "metrics.json", "history.csv"
@@ -172,7 +173,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
     model, optimizer = accelerator.prepare(model, optimizer)
     raw_model: GPT = accelerator.unwrap_model(model)
     forward = torch.compile(model) if train["compile"] else model
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = list(model.parameters())  # clipping skips those without grad (frozen or locked)
     windows = torch.from_numpy(val_windows(data.val, train["eval_windows"], train["seq_len"]).astype(np.int64))
     extra_probes = {name: fn for hook, args in stack.composed("probes") for name, fn in hook(args).items()}
     batch_hook = stack.exclusive("transform_batch")
@@ -238,8 +239,9 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         if not probing:
             continue
         mean_loss = loss_sum / loss_count
-        row = run_probes(ProbeContext(step, tokens, lr, mean_loss[0], grad_norm, raw_model,
-                                      optimizer, logits.detach(), config), extra_probes)
+        row = run_probes(ProbeContext(step, tokens, lr, mean_loss[0], grad_norm, raw_model, optimizer,
+                                      logits.detach(), config, batch=batch, autocast=accelerator.autocast),
+                         extra_probes)
         if stack.composed("loss"):
             row["loss_total"] = mean_loss[1].item()
         raw_model.capture(False)

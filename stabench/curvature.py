@@ -1,0 +1,1 @@
+"""Preconditioned curvature probe (Ramasinghe et al.): to be implemented (issue 5)."""
