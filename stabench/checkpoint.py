@@ -24,7 +24,8 @@ _NOT_HASHED = {"checkpoint_every", "device"}
 
 
 def config_hash(config: dict) -> str:
-    observed = {**config, "train": {k: v for k, v in config["train"].items() if k not in _NOT_HASHED}}
+    observed = {k: v for k, v in config.items() if k != "benchmark_sizes"}
+    observed["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_HASHED}
     return hashlib.sha256(json.dumps(observed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

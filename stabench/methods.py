@@ -37,6 +37,7 @@ both define an exclusive hook cannot be composed, and say so.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import importlib.util
 import os
@@ -201,3 +202,13 @@ def load_stack(use: str, args: dict[str, dict] | None = None) -> MethodStack:
                 f"method {use!r}: {' and '.join(owners)} both define the exclusive hook {hook!r}; "
                 "they cannot be composed")
     return stack
+
+
+def configure(config: dict, stack: MethodStack) -> dict:
+    """A copy of the run config after the methods' configure hooks (no torch needed)."""
+    config = copy.deepcopy(config)
+    config["model"]["seq_len"] = config["train"]["seq_len"]
+    for hook, args in stack.composed("configure"):
+        hook(config, args)
+    config["methods"] = stack.describe()
+    return config

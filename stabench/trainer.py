@@ -33,7 +33,7 @@ from . import __version__
 from .checkpoint import config_hash, load_checkpoint, save_checkpoint, set_rng_state
 from .data import load_data, train_batch, val_windows
 from .io import write_csv, write_json
-from .methods import MethodStack, load_stack
+from .methods import MethodStack, configure, load_stack
 from .model import GPT
 from .optim import build_optimizer, learning_rate
 from . import curvature  # noqa: F401  (registers its probe)
@@ -118,14 +118,10 @@ def evaluate(model: GPT, windows: torch.Tensor, batch_size: int, accelerator: Ac
 
 
 def prepare_config(config: dict, stack: MethodStack, vocab_size: int) -> dict:
-    """Apply methods' configure hooks and fill what the data decides (vocab size)."""
+    """Fill what the data decides (vocab size), then apply the methods' configure hooks."""
     config = copy.deepcopy(config)
     config["model"]["vocab_size"] = vocab_size
-    config["model"]["seq_len"] = config["train"]["seq_len"]
-    for hook, args in stack.composed("configure"):
-        hook(config, args)
-    config["methods"] = stack.describe()
-    return config
+    return configure(config, stack)
 
 
 def check_data(manifest: dict, config: dict, data_dir: Path) -> None:
@@ -209,6 +205,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
     while step < train["steps"] and diverged_at is None:
         step += 1
         probing = is_probe_step(step, train)
+        optimizer.zero_grad(set_to_none=True)  # here, so probes still see this step's gradients
         batch = torch.from_numpy(train_batch(data.train, step, train["batch_size"], train["seq_len"], seed,
                                              accelerator.process_index, accelerator.num_processes))
         batch = batch.to(accelerator.device, non_blocking=True)
@@ -228,7 +225,6 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         accelerator.backward(loss)
         grad_norm = accelerator.clip_grad_norm_(params, train_grad_clip(config)) if params else None
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
         tokens += targets.numel() * accelerator.num_processes
         # The language-model loss (comparable across methods) and the optimized total.
         loss_sum += torch.stack([lm_loss.detach(), loss.detach().float()])

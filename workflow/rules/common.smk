@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path, run_config
-from stabench.methods import MethodError, load_stack
+from stabench.methods import MethodError, configure, load_stack
 
 try:
     BENCHMARK_FILE = resolve_benchmark_path(config.get("benchmark", "cpu"))
@@ -49,7 +49,10 @@ ALL_METRICS = [
 
 
 def run_params(wildcards):
-    """The resolved run config: a change in it (not in other runs) retriggers this run."""
+    """The run's config after its methods' configure hooks: a change in it retriggers the run,
+    a change elsewhere in the benchmark (another method, a new size) does not."""
     cfg = run_config(BENCHMARK, method=wildcards.method, size=wildcards.size,
                      lr=float(wildcards.lr), seed=int(wildcards.seed))
+    cfg = configure(cfg, load_stack(cfg["method_spec"]["use"], cfg["method_spec"]["args"]))
+    cfg.pop("benchmark_sizes")
     return json.dumps(cfg, sort_keys=True)
