@@ -1,6 +1,6 @@
 """Command-line entry points called by the Snakemake rules (`python -m analysis ...`).
 
-    python -m analysis aggregate --metrics M1 M2 ... --runs-csv runs.csv
+    python -m analysis aggregate --metrics M1 M2 ... [--evals E1 E2 ...] --runs-csv runs.csv
     python -m analysis score --runs-csv runs.csv --sizes s64 s128 \
         --scores-csv scores.csv --leaderboard-csv leaderboard.csv
     python -m analysis figures --runs-csv runs.csv --scores-csv scores.csv \
@@ -44,15 +44,18 @@ def read_table(path: Path | str, bool_cols: tuple[str, ...] = ("diverged", "chan
     for col in ("method", "size"):
         if col in df:
             df[col] = df[col].astype(str)
-    for col in ("method_versions", "missing_sizes"):
+    for col in ("method_versions", "missing_sizes", "eval_status", "eval_skipped"):
         if col in df:
             df[col] = as_text(df[col])
     return df
 
 
 def cmd_aggregate(a: argparse.Namespace) -> None:
-    from analysis.runs import collect_runs
-    write_dataframe_csv(a.runs_csv, collect_runs([Path(p) for p in a.metrics]))
+    from analysis.runs import collect_runs, join_evals
+    runs = collect_runs([Path(p) for p in a.metrics])
+    if a.evals:
+        runs = join_evals(runs, [Path(p) for p in a.evals])
+    write_dataframe_csv(a.runs_csv, runs)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
@@ -60,7 +63,7 @@ def cmd_score(a: argparse.Namespace) -> None:
     from analysis.sensitivity import score
     scores = score(read_table(a.runs_csv))
     write_dataframe_csv(a.scores_csv, scores)
-    write_dataframe_csv(a.leaderboard_csv, leaderboard(scores, a.sizes))
+    write_dataframe_csv(a.leaderboard_csv, leaderboard(scores, a.sizes, runs=read_table(a.runs_csv)))
 
 
 def _n_params(runs: pd.DataFrame) -> dict[str, float]:
@@ -119,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("aggregate", help="metrics.json files -> runs.csv")
     s.add_argument("--metrics", nargs="*", default=[], required=True, help="metrics.json paths")
+    s.add_argument("--evals", nargs="*", default=[],
+                   help="zero-shot eval records (stabench eval) to join as eval/<task>/<metric> columns")
     s.add_argument("--runs-csv", required=True)
     s.set_defaults(func=cmd_aggregate)
 

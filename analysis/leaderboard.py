@@ -10,6 +10,13 @@ Ranking key, in order:
 3. best_loss at the largest size, lower is better (the tie-break METHODS.md asks for:
    sensitivity alone ignores the absolute loss level);
 4. method name, so the order is deterministic.
+
+Zero-shot scores (stabench eval, when the benchmark evaluates) are not part of the ranking:
+they add one column per task metric, eval/<task>/<metric>, taken from the method's best-LR run
+at the largest size (the run best_loss and best_lr describe; seed-mean if several seeds were
+evaluated). The largest size, not a mean over sizes, because that is the model the leaderboard
+is about and a mean would mix models of different quality. NaN where that run was not
+evaluated (diverged grid, eval.runs: none, a skipped task).
 """
 
 from __future__ import annotations
@@ -17,19 +24,35 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.runs import as_text
+from analysis.runs import as_text, eval_columns
 
 
 def sens_col(size: str) -> str:
     return f"lr_sensitivity[{size}]"
 
 
-def leaderboard(scores: pd.DataFrame, size_order: list[str]) -> pd.DataFrame:
+def eval_at_best(runs: pd.DataFrame | None, board: pd.DataFrame, size: str) -> pd.DataFrame:
+    """eval/<task>/<metric> (no init_, no stderr) of each method's best-LR run at `size`."""
+    if runs is None or runs.empty:
+        return pd.DataFrame(index=board["method"])
+    cols = eval_columns(runs, init=False)
+    out = pd.DataFrame(np.nan, index=board["method"], columns=cols)
+    for method, lr in zip(board["method"], board["best_lr"]):
+        if pd.isna(lr):
+            continue
+        r = runs[(runs["method"] == method) & (runs["size"] == size) & np.isclose(runs["lr"], lr)]
+        if not r.empty:
+            out.loc[method, cols] = r[cols].astype(float).mean(axis=0, skipna=True).to_numpy()
+    return out
+
+
+def leaderboard(scores: pd.DataFrame, size_order: list[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """scores (from sensitivity.score) -> one ranked row per method.
 
     Columns: rank, method, lr_sensitivity, best_loss, best_lr (both at the largest size,
     the last of size_order), diverged, runs, lr_sensitivity[<size>] per size,
-    changes_lr_meaning, complete, missing_sizes, method_versions.
+    changes_lr_meaning, complete, missing_sizes, method_versions, and with runs (runs.csv)
+    holding eval/ columns, one eval/<task>/<metric> column per zero-shot score (see above).
     Sizes in scores but not in size_order are ignored; an empty size_order means all
     sizes in scores, sorted by name.
     """
@@ -67,4 +90,8 @@ def leaderboard(scores: pd.DataFrame, size_order: list[str]) -> pd.DataFrame:
     out = out.sort_values(["_incomplete", "_key", "best_loss", "method"],
                           na_position="last", kind="stable")
     out.insert(0, "rank", np.arange(1, len(out) + 1))
-    return out.drop(columns=["_key", "_incomplete"]).reset_index(drop=True)[columns]
+    out = out.drop(columns=["_key", "_incomplete"]).reset_index(drop=True)[columns]
+    evals = eval_at_best(runs, out, sizes[-1])
+    for col in evals.columns:
+        out[col] = evals[col].reindex(out["method"]).to_numpy(dtype=float)
+    return out

@@ -21,6 +21,7 @@ import yaml
 
 from stabench.io import write_text
 from analysis.leaderboard import sens_col
+from analysis.runs import eval_columns
 
 # Fixed figure names written by `python -m analysis figures`, in report order.
 FIGURE_CAPTIONS = {
@@ -133,6 +134,9 @@ def _leaderboard_html(lb: pd.DataFrame) -> str:
     head = ["Rank", "Method", "LR sensitivity<br>(mean over sizes)",
             *[f"LR sens.<br>{esc(s)}" for s in sizes],
             f"Best loss<br>{esc(largest)}", f"Best LR<br>{esc(largest)}", "Diverged / runs"]
+    evals = [c for c in lb.columns if c.startswith("eval/")]  # zero-shot, best-LR run at the largest size
+    head += [f"{esc(c[len('eval/'):].rsplit('/', 1)[0])}<br>{esc(c.rsplit('/', 1)[1])} ({esc(largest)})"
+             for c in evals]
     rows = []
     for _, r in lb.iterrows():
         cls = []
@@ -152,7 +156,8 @@ def _leaderboard_html(lb: pd.DataFrame) -> str:
                  *[f"<td>{fmt_num(r[sens_col(s)])}</td>" for s in sizes],
                  f"<td>{fmt_num(r['best_loss'])}</td>",
                  f"<td>{fmt_g(r['best_lr'])}</td>",
-                 f"<td>{fmt_int(r['diverged'])} / {fmt_int(r['runs'])}</td>"]
+                 f"<td>{fmt_int(r['diverged'])} / {fmt_int(r['runs'])}</td>",
+                 *[f"<td>{fmt_g(r[c], 4) if 'perplexity' in c else fmt_num(r[c], 3)}</td>" for c in evals]]
         rows.append(f'<tr class="{" ".join(cls)}">' + "".join(cells) + "</tr>")
     ths = "".join(f'<th class="l">{h}</th>' if h == "Method" else f"<th>{h}</th>" for h in head)
     return (f'<div class="scroll"><table id="leaderboard"><thead><tr>{ths}</tr></thead>'
@@ -185,6 +190,59 @@ def _runs_html(runs: pd.DataFrame) -> str:
         rows.append(f"<tr>{tds}</tr>")
     return (f'<div class="scroll"><table id="runs"><thead><tr>{ths}</tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+EVAL_EXPLANATION = (
+    "<p>Zero-shot scores through EleutherAI's lm-evaluation-harness (model <code>stabench</code>), "
+    "on tasks built from the benchmark's <b>held-out</b> documents (never trained on): "
+    "<b>stabench_cloze</b> (LAMBADA-style: predict the last word of a passage; <i>acc</i> = the "
+    "word is the greedy continuation, <i>ll</i> = mean log-likelihood of the word in nats, "
+    "<i>perplexity</i> = exp(−ll)) and <b>stabench_continuation</b> (HellaSwag-style: pick the "
+    "true next sentence among 4, three taken from other documents; chance is 0.25; <i>acc_norm</i> "
+    "divides each ending's log-likelihood by its length in characters). Columns marked "
+    "<i>init</i> score the same model before training (same seed and method transforms): the gap "
+    "is what training taught it. Tiny models score near chance on accuracies; the "
+    "log-likelihood is the more sensitive number. By default only each method's best-LR run of "
+    "each size is evaluated; the leaderboard's eval columns are those of the largest size. "
+    "A diverged run is not evaluated.</p>")
+
+
+def _eval_html(runs: pd.DataFrame) -> str:
+    """The zero-shot section: a row per evaluated (or diverged, not evaluated) run."""
+    if "eval_status" not in runs:
+        return ""
+    status = runs["eval_status"].fillna("").astype(str)
+    rows_df = runs[status.isin(["evaluated", "diverged (not evaluated)"])]
+    if rows_df.empty:
+        return ""
+    rows_df = rows_df.sort_values(["method", "size", "lr", "seed"], kind="stable")
+    trained, init = eval_columns(runs, init=False), eval_columns(runs, init=True)
+    cols = trained + init
+
+    def header(c: str) -> str:
+        task, metric = c[len("eval/"):].rsplit("/", 1)
+        label = "init " + metric[len("init_"):] if metric.startswith("init_") else metric
+        return f"{esc(task)}<br>{esc(label)}"
+
+    def cell(c: str, x) -> str:
+        metric = c.rsplit("/", 1)[-1]
+        return fmt_g(x, 4) if "perplexity" in metric else fmt_num(x, 3)
+
+    ths = "".join(['<th class="l">Method</th>', "<th>Size</th>", "<th>Peak LR</th>", "<th>Seed</th>",
+                   '<th class="l">Status</th>', *[f"<th>{header(c)}</th>" for c in cols]])
+    body = []
+    for _, r in rows_df.iterrows():
+        tds = [f'<td class="l">{esc(r["method"])}</td>', f"<td>{esc(r['size'])}</td>",
+               f"<td>{fmt_g(r['lr'])}</td>", f"<td>{fmt_int(r['seed'])}</td>",
+               f'<td class="l">{esc(r["eval_status"])}</td>', *[f"<td>{cell(c, r[c])}</td>" for c in cols]]
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    table = (f'<div class="scroll"><table id="zero-shot"><thead><tr>{ths}</tr></thead>'
+             f"<tbody>{''.join(body)}</tbody></table></div>")
+    skipped = sorted({part.strip() for text in runs.get("eval_skipped", pd.Series(dtype=str)).fillna("")
+                      for part in str(text).split("; ") if part.strip()})
+    note = ("<p><b>Skipped tasks</b> (their data could not be loaded; the others ran):</p><ul>"
+            + "".join(f"<li>{esc(s)}</li>" for s in skipped) + "</ul>") if skipped else ""
+    return "<h2>Zero-shot evaluation</h2>" + EVAL_EXPLANATION + table + note
 
 
 def _dl(d: Mapping) -> str:
@@ -238,7 +296,7 @@ def build_report(out_html: Path | str, *, benchmark_name: str, leaderboard_df: p
              + (f"<li>Ranked last because some sizes are missing (their mean covers fewer sizes): "
                 f"{esc(', '.join(incomplete))}.</li>" if incomplete else "")
              + "</ul></div>",
-             "<h2>Leaderboard</h2>", _leaderboard_html(lb)]
+             "<h2>Leaderboard</h2>", _leaderboard_html(lb), _eval_html(runs_df)]
 
     if figure_pngs:
         parts.append("<h2>Figures</h2>")

@@ -131,6 +131,76 @@ def collect_runs(metric_paths: Iterable[Path | str]) -> pd.DataFrame:
     return df.sort_values(["method", "size", "lr", "seed"], kind="stable").reset_index(drop=True)
 
 
+EVAL_PREFIX = "eval/"  # runs.csv column of a zero-shot score: eval/<task>/<metric>
+EVAL_STATUS = {  # record status -> runs.csv eval_status
+    "evaluated": "evaluated",
+    "diverged": "diverged (not evaluated)",
+    "all_diverged": "diverged (not evaluated)",
+}
+
+
+def eval_columns(df: pd.DataFrame, *, init: bool | None = None, stderr: bool = False) -> list[str]:
+    """The eval/<task>/<metric> columns of a runs table, in order; init=True only the
+    init_<metric> ones, False none of them, None both; stderr columns only if asked."""
+    cols = []
+    for c in df.columns:
+        if not c.startswith(EVAL_PREFIX):
+            continue
+        metric = c.rsplit("/", 1)[-1]
+        if not stderr and metric.endswith("_stderr"):
+            continue
+        if init is not None and metric.startswith("init_") != init:
+            continue
+        cols.append(c)
+    return cols
+
+
+def join_evals(runs: pd.DataFrame, eval_paths: Iterable[Path | str]) -> pd.DataFrame:
+    """Add the zero-shot scores of stabench eval records to the runs table.
+
+    A record names the run it evaluated (method, size, lr, seed); its flat ``scores`` become
+    columns eval/<task>/<metric>. eval_status says what happened to each run: evaluated,
+    diverged (not evaluated), not selected (eval.runs: best evaluates one run per method and
+    size), or '' when no record covers it. eval_skipped lists tasks that could not be loaded,
+    with the reason.
+    """
+    df = runs.copy()
+    if df.empty:
+        return df
+    key = list(zip(df["method"].astype(str), df["size"].astype(str), df["lr"].astype(float),
+                   df["seed"].astype(int)))
+    index = {k: i for i, k in enumerate(key)}
+    status = [""] * len(df)
+    skipped = [""] * len(df)
+    scores: dict[str, list[float]] = {}
+
+    def at(method, size, lr, seed):
+        try:
+            return index.get((str(method), str(size), float(lr), int(seed)))
+        except (TypeError, ValueError):
+            return None
+
+    for path in eval_paths:
+        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        for cand in rec.get("candidates") or []:  # the other runs of a 'best' selection
+            i = at(rec.get("method"), rec.get("size"), cand.get("lr"), cand.get("seed"))
+            if i is not None and not status[i]:
+                status[i] = "diverged (not evaluated)" if cand.get("diverged") else "not selected"
+        i = at(rec.get("method"), rec.get("size"), rec.get("lr"), rec.get("seed"))
+        if i is None:
+            continue
+        status[i] = EVAL_STATUS.get(rec.get("status"), str(rec.get("status")))
+        skipped[i] = "; ".join(f"{t}: {r.get('reason', '')}" for t, r in (rec.get("tasks") or {}).items()
+                               if r.get("status") == "skipped")
+        for name, value in (rec.get("scores") or {}).items():
+            scores.setdefault(EVAL_PREFIX + name, [math.nan] * len(df))[i] = _float(value)
+    df["eval_status"] = status
+    df["eval_skipped"] = skipped
+    for col in sorted(scores):
+        df[col] = scores[col]
+    return df
+
+
 def load_history(run_dir: Path | str) -> pd.DataFrame:
     """history.csv of one run, every column numeric (blank val_loss cells -> NaN).
 

@@ -1,4 +1,4 @@
-"""Command line: ``stabench prepare | train | describe | methods``.
+"""Command line: ``stabench prepare | train | describe | methods | build-tasks | eval``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line.
@@ -7,6 +7,8 @@ names and arguments, size, corpus), so bad input costs seconds and prints one li
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import yaml
 
 from .config import ConfigError, load_benchmark, method_specs, run_config
 from .data import DataError, prepare_data
+from .gpu_pool import gpu_slots
 from .io import write_json, write_text
 from .methods import MethodError, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
@@ -40,7 +43,36 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """argv minus the given options, in both '--opt value' and '--opt=value' forms."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{n}=" for n in names)):
+            out.append(arg)
+    return out
+
+
+def launch_on_gpus(args, argv: list[str]) -> int:
+    """Hold free GPU slots from the lock pool, then train on them (DDP when several)."""
+    with gpu_slots(args.gpus, args.runs_per_gpu) as alloc:
+        os.environ["CUDA_VISIBLE_DEVICES"] = alloc.visible_devices
+        inner = without_options(argv, ("--gpus", "--runs-per-gpu"))
+        if args.gpus == 1:
+            return main(inner)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+                   "--num_processes", str(args.gpus), "--main_process_port", str(alloc.port),
+                   "-m", "stabench", *inner]
+        print(f"stabench: GPUs {alloc.visible_devices}, port {alloc.port}: {' '.join(command)}", file=sys.stderr)
+        return subprocess.call(command)
+
+
 def cmd_train(args) -> int:
+    if args.gpus:
+        return launch_on_gpus(args, args.argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     benchmark = load_benchmark(args.benchmark, args.set)
@@ -79,6 +111,43 @@ def cmd_describe(args) -> int:
     return 0
 
 
+def cmd_build_tasks(args) -> int:
+    from .evaluation.tasks import build_tasks
+
+    benchmark = load_benchmark(args.benchmark, args.set)
+    data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
+    out = args.out or default_data_dir(benchmark).parent / "eval_tasks"
+    manifest = build_tasks(data_dir, out, n_examples=benchmark["eval"]["n_examples"], seed=benchmark["eval"]["seed"])
+    counts = ", ".join(f"{t}: {v['examples']} examples" for t, v in manifest["tasks"].items())
+    print(f"eval tasks from {manifest['val_docs']} held-out documents -> {out} ({counts})")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluation.runner import evaluate_runs, write_record
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmark = load_benchmark(args.benchmark, args.set)
+    cfg = benchmark["eval"]
+    data_dir = args.data or default_data_dir(benchmark)
+    tasks_dir = args.tasks_dir or default_data_dir(benchmark).parent / "eval_tasks"
+    if not args.best and len(args.runs) != 1:
+        raise ConfigError(f"stabench eval: give one --runs folder, or several with --best (got {len(args.runs)})")
+    tasks = args.tasks.split(",") if args.tasks else cfg["tasks"]
+    record = evaluate_runs(args.runs, data_dir=data_dir, tasks_dir=tasks_dir, tasks=tasks,
+                           init_tasks=cfg["init_tasks"], limit=cfg["limit"], batch_size=cfg["batch_size"],
+                           device=args.device or cfg["device"], select="best" if args.best else "single")
+    write_record(record, args.out)
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in record["scores"].items() if "stderr" not in k and v is not None)
+    skipped = [t for t, r in record.get("tasks", {}).items() if r.get("status") == "skipped"]
+    where = f"{record['method']} {record['size']} lr={record['lr']} seed={record['seed']}" \
+        if record.get("run_dir") else f"{record['method']} {record['size']}"
+    print(f"{where}: {record['status']}" + (f"; {scores}" if scores else "")
+          + (f"; skipped {', '.join(skipped)}" if skipped else "") + f" -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -103,12 +172,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json, history.csv, checkpoint")
     p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
     p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="take this many GPUs from the lock pool (stabench/gpu_pool.py); >1 runs DDP")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (pool slots per GPU)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("describe", help="write method docs, provenance and the resolved benchmark")
     common(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the three files")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("build-tasks", help="build the offline zero-shot tasks from the held-out documents")
+    common(p)
+    p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
+    p.add_argument("--out", type=Path, help="tasks folder (default results/<benchmark>/eval_tasks)")
+    p.set_defaults(func=cmd_build_tasks)
+
+    p = sub.add_parser("eval", help="zero-shot evaluation (lm-eval) of a finished run, or of the best of several")
+    common(p)
+    p.add_argument("--runs", nargs="+", required=True, type=Path, help="run folder(s) holding metrics.json")
+    p.add_argument("--best", action="store_true",
+                   help="evaluate only the best-LR run among --runs (the runs of one method and size)")
+    p.add_argument("--out", type=Path, required=True, help="the JSON record to write")
+    p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
+    p.add_argument("--tasks-dir", type=Path, help="offline tasks folder (default results/<benchmark>/eval_tasks)")
+    p.add_argument("--tasks", help="comma-separated tasks instead of the benchmark's eval.tasks")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of the benchmark's eval.device")
+    p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")
@@ -117,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except USER_ERRORS as exc:

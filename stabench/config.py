@@ -161,10 +161,10 @@ def size_config(benchmark: dict, size: str) -> dict:
     if size not in benchmark["sizes"]:
         known = ", ".join(benchmark["sizes"])
         raise ConfigError(f"size {size!r} is not in sizes of benchmark {benchmark['name']!r}; known: {known}")
-    dims = benchmark["sizes"][size]
+    dims = {k: v for k, v in benchmark["sizes"][size].items() if k != "gpus"}  # placement, not shape
     if dims["d_model"] % dims["n_heads"]:
         raise ConfigError(f"sizes.{size}: d_model {dims['d_model']} is not divisible by n_heads {dims['n_heads']}")
-    return dict(dims)
+    return dims
 
 
 def run_config(benchmark: dict, *, method: str, size: str, lr: float, seed: int) -> dict:

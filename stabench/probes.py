@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .model import parameter_roles
+
 ProbeFn = Callable[["ProbeContext"], dict[str, Any]]
 PROBES: dict[str, ProbeFn] = {}
 
@@ -80,6 +82,91 @@ def _output_logits(ctx: ProbeContext) -> dict[str, Any]:
     """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.2): log Z drifting from 0."""
     log_z = ctx.log_z
     return {"log_z_mean": log_z.mean(), "log_z_std": log_z.std(), "logit_mean": ctx.logits.float().mean()}
+
+
+MATRIX_ROLES = ("embedding", "hidden", "readout")
+
+
+def _matrices(ctx: ProbeContext) -> list[tuple[str, torch.Tensor]]:
+    """(name, parameter) of every weight matrix (embedding, hidden, readout), once per probe step."""
+    if "matrices" not in ctx.cache:
+        roles = parameter_roles(ctx.model)
+        ctx.cache["matrices"] = [(n, p) for n, p in ctx.model.named_parameters() if roles[n] in MATRIX_ROLES]
+    return ctx.cache["matrices"]
+
+
+def _rms(t: torch.Tensor) -> torch.Tensor:
+    """sqrt(mean(t^2)) in float32, without a float copy of ``t``."""
+    return torch.linalg.vector_norm(t, dtype=torch.float32) / t.numel() ** 0.5
+
+
+def _inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+
+
+@register_probe("grad_rms")
+def _grad_rms(ctx: ProbeContext) -> dict[str, Any]:
+    """Gradient RMS per weight matrix, ``grad_rms/<param>``, and their mean ``grad_rms_mean``.
+
+    Wortsman et al. (section 3.4) see the gradient RMS fall with model size toward Adam's eps,
+    which then shrinks the update. The trainer keeps this step's gradients (after clipping)
+    until the probes have run; parameters without a gradient (frozen, locked) are skipped.
+    """
+    row = {f"grad_rms/{name}": _rms(p.grad) for name, p in _matrices(ctx) if p.grad is not None}
+    if row:
+        row["grad_rms_mean"] = torch.stack(list(row.values())).mean()
+    return row
+
+
+def _float(x: Any) -> Any:
+    return x.item() if isinstance(x, torch.Tensor) and x.device.type == "cpu" else x
+
+
+@register_probe("update_rms")
+def _update_rms(ctx: ProbeContext) -> dict[str, Any]:
+    """RMS of Adam's unscaled update m_hat / (sqrt(v_hat) + eps) per weight matrix.
+
+    Columns ``update_rms/<param>`` and ``update_rms_mean``. This is the step the LR multiplies
+    (weight decay and LR excluded), read from the optimizer state after this step, with the
+    bias corrections m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t) and the group's eps.
+    It is near 1 while |g| >> eps and falls below 1 once eps dominates sqrt(v_hat). Only for
+    torch's Adam and AdamW (fused, foreach or not): other optimizers' updates follow other
+    formulas, and a method that brings one can add its own probe.
+    """
+    inner = _inner_optimizer(ctx.optimizer)
+    if type(inner) not in (torch.optim.Adam, torch.optim.AdamW):
+        return {}
+    group_of = {id(p): g for g in inner.param_groups for p in g["params"]}
+    row = {}
+    for name, p in _matrices(ctx):
+        state, group = inner.state.get(p), group_of.get(id(p))
+        if not state or group is None or not {"exp_avg", "exp_avg_sq", "step"} <= state.keys():
+            continue
+        step = _float(state["step"])  # a tensor in recent torch; on the device when fused
+        beta1, beta2 = (_float(b) for b in group["betas"])
+        m_hat = state["exp_avg"].float() / (1 - beta1 ** step)
+        v_hat = state["exp_avg_sq"].float() / (1 - beta2 ** step)
+        row[f"update_rms/{name}"] = _rms(m_hat / (v_hat.sqrt() + group["eps"]))
+    if row:
+        row["update_rms_mean"] = torch.stack(list(row.values())).mean()
+    return row
+
+
+@register_probe("adam_second_moment")
+def _adam_second_moment(ctx: ProbeContext) -> dict[str, Any]:
+    """Max and global L2 norm of Adam's second moment v (``exp_avg_sq``) over all parameters.
+
+    The instability signal of Li, Zhang and He (2022): v spikes with (and before) loss spikes.
+    Any optimizer that keeps ``exp_avg_sq`` in its state is measured; others give no columns.
+    """
+    inner = _inner_optimizer(ctx.optimizer)
+    moments = [s["exp_avg_sq"] for s in getattr(inner, "state", {}).values()
+               if isinstance(s, dict) and isinstance(s.get("exp_avg_sq"), torch.Tensor) and s["exp_avg_sq"].numel()]
+    if not moments:
+        return {}
+    maxes = torch.stack([v.detach().amax().float() for v in moments])
+    norms = torch.stack([torch.linalg.vector_norm(v.detach(), dtype=torch.float32) for v in moments])
+    return {"adam_v_max": maxes.max(), "adam_v_norm": torch.linalg.vector_norm(norms)}
 
 
 def run_probes(ctx: ProbeContext, extra: dict[str, ProbeFn] | None = None) -> dict[str, float]:

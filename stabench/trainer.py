@@ -38,6 +38,7 @@ from .model import GPT
 from .optim import build_optimizer, learning_rate
 from . import curvature  # noqa: F401  (registers its probe)
 from .probes import ProbeContext, run_probes
+from .spikes import history_spikes
 
 METRICS_NAME, HISTORY_NAME = "metrics.json", "history.csv"
 
@@ -190,6 +191,8 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         loss_sum, loss_count = torch.zeros(2, device=accelerator.device), 0
 
     def checkpoint(finished: bool = False, metrics: dict | None = None) -> None:
+        if not accelerator.is_main_process:  # one writer per run (DDP launches several processes)
+            return
         save_checkpoint(out_dir, {
             "config_hash": fingerprint, "finished": finished, "metrics": metrics or {},
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -235,6 +238,8 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         if not probing:
             continue
         mean_loss = loss_sum / loss_count
+        if accelerator.num_processes > 1:  # every rank must agree on divergence, or DDP hangs
+            mean_loss = accelerator.reduce(mean_loss, reduction="mean")
         row = run_probes(ProbeContext(step, tokens, lr, mean_loss[0], grad_norm, raw_model, optimizer,
                                       logits.detach(), config, batch=batch, autocast=accelerator.autocast),
                          extra_probes)
@@ -271,13 +276,15 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         "final_log_z": final["log_z"], "final_train_loss": next((r["loss"] for r in reversed(history) if "loss" in r), None),
         "n_params": raw_model.num_parameters(non_embedding=False),
         "n_params_non_embedding": raw_model.num_parameters(non_embedding=True),
+        **history_spikes(history, config["probes"]),
         "resumed_from_step": resumed_from, "config": config, "methods": stack.describe(),
         "versions": versions(), "device": device_name(device), "precision": precision,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     checkpoint(finished=True, metrics=metrics)
-    write_csv(out_dir / HISTORY_NAME, history)
-    write_json(out_dir / METRICS_NAME, metrics)
+    if accelerator.is_main_process:
+        write_csv(out_dir / HISTORY_NAME, history)
+        write_json(out_dir / METRICS_NAME, metrics)
     return metrics
 
 

@@ -148,3 +148,20 @@ def test_cpu_benchmark_dry_run(tmp_path):
                 if len(line.split()) == 2 and line.split()[1].isdigit())
     n_grid = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"]) * len(bench.get("seeds", [0]))
     assert int(jobs["train"]) == n_grid
+
+
+def test_slurm_profile_dry_run_requests_gpus(tmp_path):
+    """The SLURM profile turns each train run into a job asking for its size's GPUs."""
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                     "--config", "benchmark=smoke", "gpus=1")
+    out = proc.stdout + proc.stderr
+    train_blocks = [b for b in out.split("\n\n") if "rule train:" in b]
+    assert train_blocks and all("gpu=1" in b and "slurm_partition=gpu" in b for b in train_blocks)
+    assert "--gpus 1" in out
+
+
+def test_gpu_profile_dry_run_takes_pool_slots(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "gpu"),
+                     "--config", "benchmark=smoke", "gpus=1", "runs_per_gpu=4")
+    out = proc.stdout + proc.stderr
+    assert "gpu_slots=1" in out and "--gpus 1 --runs-per-gpu 4" in out

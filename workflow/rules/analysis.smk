@@ -2,15 +2,17 @@ FIGURES = ["loss_vs_lr", "sensitivity_vs_size", "attn_logit_vs_lr", "loss_curves
 
 
 rule aggregate:
-    """All runs' metrics -> runs.csv (a row per run)."""
+    """All runs' metrics (+ their zero-shot eval records) -> runs.csv (a row per run)."""
     input:
-        ALL_METRICS,
+        metrics=ALL_METRICS,
+        evals=EVALS,
     output:
         f"{RESULTS}/runs.csv",
     log:
         f"{RESULTS}/logs/aggregate.log",
     shell:
-        "{PYTHON} -m analysis aggregate --metrics {input} --runs-csv {output} > {log} 2>&1"
+        "{PYTHON} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
+        " --runs-csv {output} > {log} 2>&1"
 
 
 rule score:

@@ -30,6 +30,25 @@ SIZES = list(BENCHMARK["sizes"])
 LRS = [f"{lr:g}" for lr in BENCHMARK["learning_rates"]]
 SEEDS = [str(s) for s in BENCHMARK["seeds"]]
 TRAIN_THREADS = int(config.get("train_threads", 1))
+# GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
+GPUS = int(config.get("gpus", 0))
+RUNS_PER_GPU = int(config.get("runs_per_gpu", 1))
+
+
+def size_gpus(size):
+    """GPUs one run of this size uses (0 on CPU); sizes may ask for several (DDP)."""
+    return BENCHMARK["sizes"][size].get("gpus", 1) if GPUS else 0
+
+
+def gpu_slots(size):
+    """Lock-pool slots a run holds: one slot of a shared GPU, or all slots of whole GPUs."""
+    n = size_gpus(size)
+    return 0 if n == 0 else (1 if n == 1 else n * RUNS_PER_GPU)
+
+
+def gpu_args(wildcards):
+    n = size_gpus(wildcards.size)
+    return f"--gpus {n} --runs-per-gpu {RUNS_PER_GPU}" if n else ""
 
 wildcard_constraints:
     method=r"[A-Za-z0-9_.+-]+",

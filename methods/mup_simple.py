@@ -1,0 +1,69 @@
+"""muParam (simple): scale each hidden layer's learning rate by base_fan_in / fan_in.
+
+Wortsman et al. (2023, section 3.3), after Yang et al. (2022, muP for Adam): as width grows,
+a hidden matrix's Adam update changes its output by ~ lr * fan_in, so its LR is scaled by
+base_fan_in / fan_in to keep that change width-independent. They find it lowers LR
+sensitivity across sizes (and the optimal LR transfers), while it changes what the peak LR
+means, so compare it by best loss as well.
+
+Choices:
+- Hidden layers are the Transformer blocks' matrices (q, k, v, attention out, MLP up and
+  down: role ``hidden``); embeddings, the readout (head) and norm gains keep lr_mult 1.
+- fan_in is each layer's ``in_features``; the base layer is the same layer at the base width,
+  so base_fan_in = base_width * in_features / d_model (4 * base_width for the MLP down
+  projection). The multiplier is therefore base_width / d_model for every hidden matrix
+  (this assumes, as in this GPT, that every hidden fan_in is proportional to d_model).
+- base_width: the ``base_width`` arg when set, else the smallest d_model among the
+  benchmark's sizes (``config['benchmark_sizes']``), else the run's own d_model (multiplier
+  1). The configure hook records it in ``config['mup']``, so it is part of the run's config.
+- Weight decay is left as configured (independent decay is already LR-independent).
+"""
+
+from stabench.methods import MethodError
+from stabench.model import parameter_roles
+
+VERSION = "1"
+ARGS = {"base_width": None}
+CHANGES_LR_MEANING = True
+
+
+def base_width(config, args) -> int:
+    """The width the LR is tuned at: the arg, else the benchmark's smallest, else this run's."""
+    if args.get("base_width") is not None:
+        width = args["base_width"]
+    elif config.get("benchmark_sizes"):
+        width = min(size["d_model"] for size in config["benchmark_sizes"].values())
+    else:
+        width = config["model"]["d_model"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise MethodError(f"muP: base_width must be a positive integer, got {width!r}")
+    return width
+
+
+def mup_widths(config, args) -> tuple[int, int]:
+    """(base_width, d_model) as recorded by configure, or derived when it has not run."""
+    recorded = config.get("mup")
+    if recorded:
+        return recorded["base_width"], recorded["d_model"]
+    return base_width(config, args), config["model"]["d_model"]
+
+
+def configure(config, args):
+    config["mup"] = {"base_width": base_width(config, args), "d_model": config["model"]["d_model"]}
+
+
+def hidden_lr_mults(model, config, args) -> dict:
+    """{param name: {'lr_mult': base_fan_in / fan_in}} for every hidden matrix."""
+    base, d_model = mup_widths(config, args)
+    roles = parameter_roles(model)
+    options = {}
+    for name, param in model.named_parameters():
+        if roles[name] == "hidden" and param.ndim == 2:
+            fan_in = param.shape[1]  # nn.Linear weights are (out_features, in_features)
+            base_fan_in = base * fan_in / d_model
+            options[name] = {"lr_mult": base_fan_in / fan_in}
+    return options
+
+
+def param_options(model, config, args):
+    return hidden_lr_mults(model, config, args)

@@ -1,0 +1,111 @@
+"""Sequence length warm-up (Li, Zhang & He, NeurIPS 2022, arXiv:2108.06084; DeepSpeed
+curriculum learning "seqlen" with the truncation strategy).
+
+Long sequences early in training cause extreme gradient variance and instability. Each
+training batch (B, T + 1) is truncated to its first L + 1 tokens (L inputs and targets),
+where L grows over ``steps`` optimizer steps from ``start`` to the full seq_len T:
+
+    linear:  L = start + (T - start) * min(step / steps, 1)
+    root:    L = start + (T - start) * min(step / steps, 1) ** (1 / root)
+
+rounded DOWN to a multiple of 8 (``multiple``; never below 8, never above T), and exactly T
+from step ``steps`` on (also when T is no multiple of 8). ``step`` is the trainer's 1-based
+optimizer step, so step 1 uses ``start`` (rounded down).
+
+The LR schedule runs on tokens seen, not steps (the paper; DeepSpeed's --lr-warmup-tokens
+and --lr-decay-tokens): linear warm-up over warmup_steps * B * T tokens (the tokens the
+baseline's warm-up sees), then cosine to train.min_lr at the token count this run reaches
+after train.steps steps (computed from the deterministic length schedule), so the LR ends at
+min_lr at the last step as the baseline's does (arg ``decay_tokens: full`` decays over
+steps * B * T tokens instead, as if every step were full length; the LR then never reaches
+its minimum). Early short-sequence steps see fewer tokens, so the warm-up also spans more
+steps. The LR of step s uses the tokens seen through step s (its own batch included), as the
+step schedule uses the 1-based step. Token counts are per data-parallel world (WORLD_SIZE from the environment).
+
+Defaults chosen: start 8 (the paper's start for small models), ``steps`` = ``fraction`` 0.3
+of train.steps when not given (the paper warms up over a few percent to a third of training
+depending on scale; 30% keeps the effect visible in short benchmark runs), linear schedule,
+root 2 when ``schedule: root``. The Adam second-moment probe the paper uses is a general probe.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+
+from stabench.optim import warmup_cosine
+
+VERSION = "1"
+ARGS = {"start": 8, "steps": None, "fraction": 0.3, "schedule": "linear", "root": 2.0,
+        "multiple": 8, "decay_tokens": "run"}
+SCHEDULES = ("linear", "root")
+
+
+def seq_len_at(step: int, full: int, total: int, start: int = 8, schedule: str = "linear",
+               root: float = 2.0, multiple: int = 8) -> int:
+    """Training sequence length (inputs per row) at optimizer step ``step`` (1-based)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"seq_len_warmup: schedule {schedule!r}; valid: {', '.join(SCHEDULES)}")
+    if total <= 0 or step >= total:
+        return full
+    frac = min(max(step / total, 0.0), 1.0)
+    if schedule == "root":
+        frac = frac ** (1.0 / root)
+    length = start + (full - start) * frac
+    length = int(math.floor(length / multiple)) * multiple
+    return max(min(length, full), min(multiple, full))
+
+
+def warmup_length(config: dict, args: dict) -> int:
+    """Steps over which the length grows: arg steps, else fraction * train.steps."""
+    if args.get("steps") is not None:
+        return int(args["steps"])
+    return max(1, int(round(args["fraction"] * config["train"]["steps"])))
+
+
+def _length(step: int, config: dict, args: dict) -> int:
+    return seq_len_at(step, config["train"]["seq_len"], warmup_length(config, args), args["start"],
+                      args["schedule"], args["root"], args["multiple"])
+
+
+@lru_cache(maxsize=64)
+def _run_length_sum(steps: int, full: int, total: int, start: int, schedule: str, root: float,
+                    multiple: int) -> int:
+    return sum(seq_len_at(s, full, total, start, schedule, root, multiple) for s in range(1, steps + 1))
+
+
+def run_tokens_per_row(config: dict, args: dict) -> int:
+    """Sum of sequence lengths over all train.steps steps (tokens per batch row)."""
+    return _run_length_sum(config["train"]["steps"], config["train"]["seq_len"], warmup_length(config, args),
+                           args["start"], args["schedule"], float(args["root"]), args["multiple"])
+
+
+def configure(config, args):
+    if args["schedule"] not in SCHEDULES:
+        raise ValueError(f"seq_len_warmup: schedule {args['schedule']!r}; valid: {', '.join(SCHEDULES)}")
+    if args["decay_tokens"] not in ("run", "full"):
+        raise ValueError(f"seq_len_warmup: decay_tokens {args['decay_tokens']!r}; valid: 'run', 'full'")
+    if args["start"] < 1 or args["multiple"] < 1 or args["root"] <= 0:
+        raise ValueError("seq_len_warmup: start and multiple must be >= 1 and root > 0")
+
+
+def transform_batch(batch, step, config, args):
+    """(B, T + 1) token windows -> (B, L + 1): the first L + 1 tokens of each window."""
+    length = _length(step, config, args)
+    return batch[:, : length + 1]
+
+
+def lr_schedule(step, tokens, config, args):
+    """LR multiplier of the peak from tokens seen: warm-up and cosine on tokens."""
+    train = config["train"]
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_row = world * train["batch_size"]
+    warmup = train["warmup_steps"] * per_row * train["seq_len"]
+    if args["decay_tokens"] == "run":
+        total = per_row * run_tokens_per_row(config, args)
+    else:
+        total = per_row * train["steps"] * train["seq_len"]
+    seen = tokens + per_row * _length(step, config, args)  # including this step's batch, as step is 1-based
+    peak = config["lr"]
+    return warmup_cosine(seen, warmup, total, peak, train["min_lr"]) / peak

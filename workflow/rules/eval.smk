@@ -1,0 +1,74 @@
+"""Zero-shot evaluation through lm-eval (stabench/evaluation/), as set by the benchmark's eval:.
+
+    build_eval_tasks   held-out documents -> offline task jsonl + YAML     (once per benchmark)
+    evaluate           eval.runs: best -> the best-LR run of a (method, size) -> eval/<method>/<size>.json
+    eval_run           eval.runs: all  -> every run -> runs/<...>/eval.json
+EVALS lists the records aggregate joins into runs.csv (empty for eval.runs: none).
+"""
+
+EVAL = BENCHMARK["eval"]
+EVAL_PARAMS = json.dumps(EVAL, sort_keys=True)  # a change re-evaluates, it never retrains
+EVAL_TASKS_DIR = f"{RESULTS}/eval_tasks"
+
+
+def _runs_of(method, size):
+    return [run_dir(method, size, lr, seed) for lr in LRS for seed in SEEDS]
+
+
+if EVAL["runs"] == "best":
+    EVALS = [f"{RESULTS}/eval/{m}/{s}.json" for m in METHODS for s in SIZES]
+elif EVAL["runs"] == "all":
+    EVALS = [f"{run_dir(m, s, lr, seed)}/eval.json" for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]
+else:
+    EVALS = []
+
+
+rule build_eval_tasks:
+    """Held-out documents -> stabench_cloze / stabench_continuation jsonl + lm-eval YAML."""
+    input:
+        manifest=rules.prepare_data.output.manifest,
+    output:
+        manifest=f"{EVAL_TASKS_DIR}/manifest.json",
+    params:
+        settings=json.dumps({"n_examples": EVAL["n_examples"], "seed": EVAL["seed"]}),
+    log:
+        f"{RESULTS}/logs/build_eval_tasks.log",
+    shell:
+        "{PYTHON} -m stabench build-tasks {BENCHMARK_FILE} --data {RESULTS}/data --out {EVAL_TASKS_DIR}"
+        " --no-progress > {log} 2>&1"
+
+
+rule evaluate:
+    """The runs of one (method, size) -> evaluate only the best-LR one (a diverged grid: none)."""
+    input:
+        tasks=rules.build_eval_tasks.output.manifest,
+        metrics=lambda wc: [f"{d}/metrics.json" for d in _runs_of(wc.method, wc.size)],
+    output:
+        f"{RESULTS}/eval/{{method}}/{{size}}.json",
+    params:
+        settings=EVAL_PARAMS,
+        runs=lambda wc: " ".join(_runs_of(wc.method, wc.size)),
+    threads: TRAIN_THREADS
+    log:
+        f"{RESULTS}/logs/eval/{{method}}/{{size}}.log",
+    shell:
+        "{PYTHON} -m stabench eval {BENCHMARK_FILE} --best --runs {params.runs} --data {RESULTS}/data"
+        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} --no-progress > {log} 2>&1"
+
+
+rule eval_run:
+    """One finished run -> its eval.json (a diverged run: status diverged, not evaluated)."""
+    input:
+        tasks=rules.build_eval_tasks.output.manifest,
+        metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
+    output:
+        f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/eval.json",
+    params:
+        settings=EVAL_PARAMS,
+        run=lambda wc, input: str(Path(input.metrics).parent),
+    threads: TRAIN_THREADS
+    log:
+        f"{RESULTS}/logs/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
+    shell:
+        "{PYTHON} -m stabench eval {BENCHMARK_FILE} --runs {params.run} --data {RESULTS}/data"
+        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} --no-progress > {log} 2>&1"
