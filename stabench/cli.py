@@ -15,12 +15,13 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import ConfigError, load_benchmark, method_specs, run_config
+from .config import ConfigError, load_benchmark, method_specs, run_config, size_config
 from .data import DataError, prepare_data
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
 from .methods import MethodError, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
+from .speed import run_speed, shape_sizes
 from .trainer import DataMismatchError, train_run
 
 USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
@@ -148,6 +149,24 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_speed(args) -> int:
+    benchmark = load_benchmark(args.benchmark, args.set)
+    if args.shape:
+        benchmark["sizes"] = shape_sizes(args.shape)
+    sizes = args.sizes or list(benchmark["sizes"])
+    for size in sizes:
+        size_config(benchmark, size)
+    for key, value in (("batch_size", args.batch), ("seq_len", args.seq)):
+        if value:
+            benchmark["train"][key] = value
+    if args.vocab:
+        benchmark["data"]["vocab_size"] = args.vocab
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    run_speed(benchmark, sizes, method=args.method, steps=args.steps, warmup=args.warmup,
+              compile_modes=modes, out_json=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -200,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of the benchmark's eval.device")
     p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("speed", help="tokens/s and MFU of the trainer on random tokens")
+    common(p)
+    p.add_argument("--sizes", nargs="+", help="sizes of the benchmark (default: all)")
+    p.add_argument("--shape", nargs="+", metavar="DxLxH", help="explicit shapes instead, e.g. 128x2x2 512x8x8")
+    p.add_argument("--batch", type=int, help="batch size (default: the benchmark's)")
+    p.add_argument("--seq", type=int, help="sequence length (default: the benchmark's)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default: the benchmark's)")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=30, help="steps excluded from the timing")
+    p.add_argument("--compile", choices=["off", "on", "both"], default="both")
+    p.add_argument("--method", default="baseline")
+    p.add_argument("--out", type=Path, help="write the results as JSON")
+    p.set_defaults(func=cmd_speed)
 
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")

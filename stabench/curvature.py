@@ -18,8 +18,11 @@ Choices:
   never in module globals) and seeds the next power iteration. The first measurement runs up
   to ``FIRST_ITERS`` = 20 products, later ones ``probes.curvature_iters`` (default 5); both
   stop early once the Rayleigh quotient changes by less than ``TOL`` = 1e-3 (relative).
-- Power iteration finds the eigenvalue of largest magnitude; the Rayleigh quotient keeps its
-  sign, so a dominant negative direction (rare after the first steps) shows as lambda_max < 0.
+- lambda_max is the largest (most positive) eigenvalue, the one that limits stability. Power
+  iteration finds the one of largest magnitude; when that estimate comes out negative (a
+  negative direction dominates, as happens early in training), a second power iteration
+  from the same start runs on A - lam * I, whose dominant eigenvalue is the top one shifted,
+  and ``curvature_hvps`` counts the products of both passes.
 - The HVPs use their own autograd graph (torch.autograd.grad, create_graph=True) on this
   probe step's batch with the trainer's autocast; ``p.grad`` is not touched, the global RNG is
   not used (the random start vector has its own generator) and attention-logit capture is
@@ -58,11 +61,12 @@ def _norm(a: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def top_eigenvalue(hvp_fn: Callable[[Vector], Vector], v0: Sequence[torch.Tensor], iters: int,
-                   tol: float = TOL) -> tuple[float, Vector, int]:
+                   tol: float = TOL, shift: float = 0.0) -> tuple[float, Vector, int]:
     """Power iteration: (Rayleigh quotient, next unit vector, products used).
 
-    ``hvp_fn(v)`` returns A v for a symmetric operator A, ``v`` a list of tensors. Stops after
-    ``iters`` products or when the estimate changes by less than ``tol`` relative.
+    ``hvp_fn(v)`` returns A v for a symmetric operator A, ``v`` a list of tensors; the
+    iteration runs on A - shift * I and the returned estimate is of A (shift added back).
+    Stops after ``iters`` products or when the estimate changes by less than ``tol`` relative.
     """
     norm = _norm(v0)
     if not torch.isfinite(norm) or norm == 0:
@@ -72,7 +76,9 @@ def top_eigenvalue(hvp_fn: Callable[[Vector], Vector], v0: Sequence[torch.Tensor
     for _ in range(max(int(iters), 1)):
         w = hvp_fn(v)
         products += 1
-        lam = float(_dot(v, w))
+        if shift:
+            w = [x - shift * y for x, y in zip(w, v)]
+        lam = float(_dot(v, w)) + shift
         w_norm = _norm(w)
         if not torch.isfinite(w_norm) or w_norm == 0:
             break
@@ -169,6 +175,9 @@ def measure(ctx: ProbeContext, iters: int | None = None) -> dict[str, float] | N
             loss = ctx.lm_loss(model, ctx.batch)
             hvp = preconditioned_hvp(loss, params, inv_sqrt_p)
             lam, v, products = top_eigenvalue(hvp, v0, iters, TOL)
+            if lam < 0:  # a negative eigenvalue dominates: find the top one of A - lam * I
+                lam, v, more = top_eigenvalue(hvp, v0, iters, TOL, shift=lam)
+                products += more
     finally:
         for m, flag in capturing:
             m.capturing = flag

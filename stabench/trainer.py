@@ -245,6 +245,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
                          extra_probes)
         if stack.composed("loss"):
             row["loss_total"] = mean_loss[1].item()
+        row["time"] = train_seconds + time.perf_counter() - loop_start  # probes synced: true time
         raw_model.capture(False)
         loss_sum.zero_()
         loss_count = 0

@@ -7,7 +7,7 @@
 - ``runner``: evaluate a run, or the best-LR run of a (method, size), on offline and standard
   tasks; unavailable tasks are skipped with the reason (``stabench eval``).
 
-Imports are lazy: ``import stabench.evaluation`` does not import lm-eval or torch.
+``import stabench.evaluation`` does not import lm-eval; import ``.adapter`` to register the model.
 """
 
 from __future__ import annotations

@@ -65,8 +65,13 @@ def resolve_device(device: str | None) -> str:
 
 
 def default_data_dir(run_dir: Path) -> Path:
-    """results/<bench>/runs/<method>/<size>/<lr-seed> -> results/<bench>/data."""
-    return run_dir.resolve().parents[3] / "data"
+    """results/<bench>/runs/<method>/<size>/<lr-seed> -> results/<bench>/data (the workflow's layout)."""
+    parents = run_dir.resolve().parents
+    candidate = parents[3] / "data" if len(parents) > 3 else None
+    if candidate is None or not (candidate / "manifest.json").is_file():
+        raise ValueError(f"stabench model: no data folder found for run {str(run_dir)!r} "
+                         "(expected results/<bench>/data); pass data_dir=<prepared data folder>")
+    return candidate
 
 
 @register_model("stabench")

@@ -33,12 +33,15 @@ import json
 import logging
 import math
 import os
+import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from ..io import write_json
-from .tasks import OFFLINE_TASKS
+from .tasks import LOCAL_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +104,34 @@ def task_manager(tasks: list[str], tasks_dir: str | Path | None):
     only when a task outside the folder is asked for."""
     from lm_eval.tasks import TaskManager
 
-    needs_defaults = any(t not in OFFLINE_TASKS and t != "stabench" for t in tasks)
+    needs_defaults = any(t not in LOCAL_NAMES for t in tasks)
     include = str(Path(tasks_dir).resolve()) if tasks_dir else None
     return TaskManager(include_path=include, include_defaults=needs_defaults or include is None)
+
+
+def hub_offline(timeout: float = 3.0) -> bool:
+    """True when the Hugging Face hub cannot be used; then offline mode is switched on.
+
+    Without it, every hub task on a machine without network would spend ~20 s in connection
+    retries before being skipped. HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set by the user win;
+    otherwise one TCP connection to the hub decides. Offline mode is set in the environment
+    and, since ``datasets`` and ``huggingface_hub`` read it at import, in their loaded config.
+    """
+    truthy = ("1", "true", "yes", "on")
+    offline = any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not offline:
+        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+        except OSError:
+            offline = True
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        if (hub := sys.modules.get("huggingface_hub.constants")) is not None:
+            hub.HF_HUB_OFFLINE = True
+        if (cfg := sys.modules.get("datasets.config")) is not None:
+            cfg.HF_HUB_OFFLINE = cfg.HF_DATASETS_OFFLINE = True
+    return offline
 
 
 def _first_line(err: BaseException) -> str:
@@ -198,6 +226,7 @@ def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir
         raise ValueError(f"select='single' needs exactly one run, got {len(run_dirs)}")
     init_tasks = [t for t in (init_tasks or []) if t in tasks]
     record: dict[str, Any] = {"selection": select}
+    hub = None
     if candidates is not None:
         record["candidates"] = candidates
     settings = {"tasks": tasks, "init_tasks": init_tasks, "limit": limit, "batch_size": batch_size,
@@ -213,6 +242,8 @@ def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir
         if run_failed(metrics):
             record.update(status="diverged", tasks={}, init={}, scores={})
         else:
+            if any(t not in LOCAL_NAMES for t in tasks):
+                hub = "offline" if hub_offline() else "online"
             tm = task_manager(tasks, tasks_dir)
             lm = StabenchLM(run_dir=str(chosen), data_dir=str(data_dir), device=device, batch_size=batch_size)
             settings["device"] = str(lm.device)
@@ -224,6 +255,7 @@ def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir
                                  batch_size=batch_size, at_init=True)
                 init = evaluate_model(lm0, init_tasks, tm, limit=limit)
             record.update(status="evaluated", tasks=results, init=init, scores=flat_scores(results, init))
+    settings["hub"] = hub  # None: only offline tasks, the hub was not needed
     record.update(settings=settings, versions=_versions(), wall_seconds=time.perf_counter() - start)
     return record
 

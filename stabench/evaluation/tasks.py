@@ -37,6 +37,7 @@ from .templates import TEMPLATES
 
 CLOZE, CONTINUATION = "stabench_cloze", "stabench_continuation"
 OFFLINE_TASKS = (CLOZE, CONTINUATION)
+LOCAL_NAMES = (*OFFLINE_TASKS, "stabench")  # the task YAMLs' tag "stabench" names both
 MANIFEST = "manifest.json"
 BUILDER_VERSION = "1"
 
