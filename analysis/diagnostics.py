@@ -221,7 +221,7 @@ def probe_panels(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], size: s
             ax.set_yscale("log")
     for ax in list(axes.flat)[len(present):]:
         ax.set_axis_off()
-    handles, labels = {}, {}
+    handles = {}
     for ax in axes.flat:
         for h, l in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(l, h)

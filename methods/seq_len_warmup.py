@@ -20,7 +20,7 @@ min_lr at the last step as the baseline's does (arg ``decay_tokens: full`` decay
 steps * B * T tokens instead, as if every step were full length; the LR then never reaches
 its minimum). Early short-sequence steps see fewer tokens, so the warm-up also spans more
 steps. The LR of step s uses the tokens seen through step s (its own batch included), as the
-step schedule uses the 1-based step. Token counts are per data-parallel world (WORLD_SIZE from the environment).
+step schedule uses the 1-based step. Token counts cover all data-parallel processes (``train.world_size``, set by the trainer).
 
 Defaults chosen: start 8 (the paper's start for small models), ``steps`` = ``fraction`` 0.3
 of train.steps when not given (the paper warms up over a few percent to a third of training
@@ -31,7 +31,6 @@ root 2 when ``schedule: root``. The Adam second-moment probe the paper uses is a
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 
 from stabench.optim import warmup_cosine
@@ -99,7 +98,7 @@ def transform_batch(batch, step, config, args):
 def lr_schedule(step, tokens, config, args):
     """LR multiplier of the peak from tokens seen: warm-up and cosine on tokens."""
     train = config["train"]
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    world = int(train.get("world_size", 1))  # data-parallel processes; the trainer records it
     per_row = world * train["batch_size"]
     warmup = train["warmup_steps"] * per_row * train["seq_len"]
     if args["decay_tokens"] == "run":

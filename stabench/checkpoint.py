@@ -20,7 +20,7 @@ from .io import save_torch
 CHECKPOINT_NAME = "checkpoint.pt"
 
 # Settings that change how a run is observed or stored, not what it computes.
-_NOT_HASHED = {"checkpoint_every", "device"}
+_NOT_HASHED = {"checkpoint_every", "device", "world_size"}
 
 
 def config_hash(config: dict) -> str:

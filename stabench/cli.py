@@ -20,6 +20,7 @@ from .data import DataError, prepare_data
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
 from .methods import MethodError, known_methods, load_module, load_stack
+from .packed import can_pack, train_packed
 from .provenance import method_docs, provenance
 from .speed import run_speed, shape_sizes
 from .trainer import DataMismatchError, train_run
@@ -85,6 +86,34 @@ def cmd_train(args) -> int:
     print(f"{args.method} {args.size} lr={args.lr:g} seed={args.seed}: {status}; "
           f"val loss {metrics['final_val_loss']:.4f} (init {metrics['init_loss']:.4f}), "
           f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.1f} s -> {args.out}")
+    return 0
+
+
+def parse_pack_run(text: str) -> tuple[float, int, Path]:
+    try:
+        lr, seed, out = text.split(":", 2)
+        return float(lr), int(seed), Path(out)
+    except ValueError:
+        raise ConfigError(f"--run {text!r}: expected LR:SEED:OUT_DIR, e.g. 0.01:0:results/x/runs/a/s/lr0.01-s0") from None
+
+
+def cmd_train_pack(args) -> int:
+    if args.gpus:
+        return launch_on_gpus(args, args.argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    benchmark = load_benchmark(args.benchmark, args.set)
+    runs = [parse_pack_run(text) for text in args.run]
+    configs = [run_config(benchmark, method=args.method, size=args.size, lr=lr, seed=seed) for lr, seed, _ in runs]
+    load_stack(configs[0]["method_spec"]["use"], configs[0]["method_spec"]["args"])
+    data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
+    packable, reason = can_pack(configs)
+    print(f"{args.method} {args.size}: {len(configs)} runs "
+          + ("packed into one batched ensemble" if packable else f"trained one by one ({reason})"), file=sys.stderr)
+    for metrics, (lr, seed, out) in zip(train_packed(configs, [o for *_, o in runs], data_dir,
+                                                     progress=not args.no_progress), runs):
+        status = f"diverged at step {metrics['diverged_at_step']}" if metrics["diverged"] else "finished"
+        print(f"{args.method} {args.size} lr={lr:g} seed={seed}: {status}; val loss {metrics['final_val_loss']:.4f} -> {out}")
     return 0
 
 
@@ -162,7 +191,8 @@ def cmd_speed(args) -> int:
     if args.vocab:
         benchmark["data"]["vocab_size"] = args.vocab
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    run_speed(benchmark, sizes, method=args.method, steps=args.steps, warmup=args.warmup,
+    method = args.method or next(iter(method_specs(benchmark)))
+    run_speed(benchmark, sizes, method=method, steps=args.steps, warmup=args.warmup,
               compile_modes=modes, out_json=args.out)
     return 0
 
@@ -195,6 +225,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take this many GPUs from the lock pool (stabench/gpu_pool.py); >1 runs DDP")
     p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (pool slots per GPU)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-pack", help="train runs differing only in LR/seed together (batched ensemble)")
+    common(p)
+    p.add_argument("--method", required=True)
+    p.add_argument("--size", required=True)
+    p.add_argument("--run", action="append", required=True, metavar="LR:SEED:OUT_DIR",
+                   help="one member of the pack (repeat)")
+    p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--gpus", type=int, default=0, help="take a GPU from the lock pool (packs use one GPU)")
+    p.add_argument("--runs-per-gpu", type=int, default=1)
+    p.set_defaults(func=cmd_train_pack)
 
     p = sub.add_parser("describe", help="write method docs, provenance and the resolved benchmark")
     common(p)
@@ -230,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--warmup", type=int, default=30, help="steps excluded from the timing")
     p.add_argument("--compile", choices=["off", "on", "both"], default="both")
-    p.add_argument("--method", default="baseline")
+    p.add_argument("--method", help="a method label of the benchmark (default: its first method)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_speed)
 

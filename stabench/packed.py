@@ -46,6 +46,9 @@ in turn): methods with an exclusive hook (``build_optimizer``, ``transform_batch
 ``lr_schedule``) or ``on_step``, a single run, and multi-process launches. Loss hooks run
 inside ``vmap`` with each member's logits: they must not branch on tensor values in Python.
 ``train.compile`` is ignored by packs (torch.compile is not applied to the vmapped step).
+A weight that gets no gradient in a step (an unused block) gets a zero gradient here, so AdamW
+still decays it and moves it by its old moments, where torch's AdamW would skip it: methods
+that leave weights unused (depth schedules) are ``on_step`` methods and are not packed anyway.
 """
 
 from __future__ import annotations
@@ -58,7 +61,6 @@ import time
 import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, is_dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -73,10 +75,9 @@ from .data import load_data, train_batch, val_windows
 from .io import write_csv, write_json
 from .methods import EXCLUSIVE_HOOKS, MethodStack, load_stack
 from .model import GPT
-from .optim import param_groups
+from .optim import learning_rate, param_groups
 from .probes import ProbeContext, run_probes
-from .trainer import (HISTORY_NAME, METRICS_NAME, LossContext, check_data, cross_entropy, device_name,
-                      is_probe_step, prepare_config, resolve_device, train_grad_clip, train_run, versions)
+from .trainer import (HISTORY_NAME, LossContext, METRICS_NAME, check_data, cross_entropy, is_probe_step, prepare_config, resolve_device, run_metrics, train_grad_clip, train_run)
 
 PACK_VARIES = ("lr", "seed")
 UNPACKABLE_HOOKS = EXCLUSIVE_HOOKS + ("on_step",)
@@ -208,7 +209,7 @@ class _Pack:
                 raise ValueError("train_packed: the members' models differ in their parameters; "
                                  "a method's transform_model or param_options depends on lr or seed")
         with torch.no_grad():
-            self.flat = torch.stack([self._row(m, lambda n: dict(m.model.named_parameters())[n])
+            self.flat = torch.stack([self._row(m, dict(m.model.named_parameters()).__getitem__)
                                      for m in members]).requires_grad_(True)
             self.exp_avg = torch.zeros_like(self.flat, requires_grad=False)
             self.exp_avg_sq = torch.zeros_like(self.flat, requires_grad=False)
@@ -320,7 +321,8 @@ def _build_member(member: _Member, device: torch.device) -> None:
     opt_cfg = config["optimizer"]
     member.optimizer = torch.optim.AdamW(groups, lr=config["lr"], betas=tuple(opt_cfg["betas"]), eps=opt_cfg["eps"])
     member.options = {n: (g["lr_mult"], g["weight_decay"], g["eps"]) for g in groups for n in g["names"]}
-    member.extra_probes = {name: fn for hook, args in member.stack.composed("probes") for name, fn in hook(args).items()}
+    member.extra_probes = {name: fn for hook, args in member.stack.composed("probes")
+                           for name, fn in hook(args).items()}
     member.model = model
     if member.state is not None:
         model.load_state_dict(member.state["model"])
@@ -374,6 +376,7 @@ def train_packed(configs: list[dict], out_dirs: list[Path], data_dir: Path, *, p
         stack = load_stack(config["method_spec"]["use"], config["method_spec"]["args"])
         check_data(data.manifest, config, data_dir)
         prepared = prepare_config(config, stack, data.vocab_size)
+        prepared["train"]["world_size"] = 1  # a pack is one process (as train_run records it)
         fingerprint = config_hash(prepared)
         state = load_checkpoint(out_dir, fingerprint)
         if state is not None and state.get("finished"):
@@ -408,8 +411,8 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
 
     for m in members:
         _build_member(m, device)
-    pack = _Pack(members, device)
     skeleton = copy.deepcopy(members[0].model).to("meta")  # structure only; weights come from the pack
+    pack = _Pack(members, device)
     loss_hooks = members[0].stack.composed("loss")
     captured_layers: list[int] = []
 
@@ -483,8 +486,8 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
     # The LR of every member at every step (the schedule needs no host value during training).
     lr_host = [[0.0] * K] + [[_learning_rate(s, (s - 1) * batch_size * seq_len, m) for m in members]
                              for s in range(1, total_steps + 1)]
-    lr_table = torch.tensor(lr_host, dtype=torch.float32, device=device)
-    lr_columns = list(range(K))  # pack row -> column of lr_host / lr_table
+    lr_table = torch.tensor(lr_host, dtype=torch.float32, device=device)  # (steps + 1, pack rows)
+    lr_columns = list(range(K))  # pack row -> column of lr_host (member index)
     seeds = [m.config["seed"] for m in members]
 
     def checkpoint(row: int, finished: bool, metrics: dict | None = None) -> None:
@@ -522,8 +525,7 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
         else:
             batch, batch_dim = torch.from_numpy(np.stack([host[s] for s in rows_seeds])), 0
         batch = batch.to(device, non_blocking=True)
-        lr = lr_table[step].index_select(0, torch.tensor(lr_columns, device=device)) \
-            if len(lr_columns) != K else lr_table[step]
+        lr = lr_table[step]
 
         pack.flat.grad = None  # here, so probes still see this step's gradients
         params = pack.views(pack.flat)
@@ -557,6 +559,7 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
                                                 autocast=autocast), m.extra_probes)
             if loss_hooks:
                 probe_row["loss_total"] = mean_loss[row, 1].item()
+            probe_row["time"] = m.train_seconds + time.perf_counter() - loop_start  # probes synced: true time
             m.model.capture(False)
             pack.detach_member(row)
             if not math.isfinite(probe_row["loss"]) or probe_row["loss"] > train["diverge_factor"] * m.init_loss:
@@ -583,7 +586,9 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
             finished += [pack.members[r] for r in diverged]
             if alive:
                 pack.keep(alive)
-                loss_sum = loss_sum.index_select(0, torch.tensor(alive, device=device))
+                alive_index = torch.tensor(alive, device=device)
+                loss_sum = loss_sum.index_select(0, alive_index)
+                lr_table = lr_table.index_select(1, alive_index)
             else:
                 pack.members = []
             lr_columns = [lr_columns[r] for r in alive]
@@ -606,30 +611,16 @@ def _train_pack(members: list[_Member], data, start_time: float, progress: bool)
 
 
 def _learning_rate(step: int, tokens: int, member: _Member) -> float:
-    from .optim import learning_rate
     return learning_rate(step, tokens, member.config, member.stack)
 
 
 def _metrics(m: _Member, final: dict, step: int, tokens: int, start_time: float, resumed_from: int | None,
              device: str, precision: str, packed_with: int) -> dict:
     """The metrics dict of ``train_run`` for one member, plus ``packed_with``."""
-    config = m.config
-    diverged = m.diverged_at is not None or not math.isfinite(final["loss"])
-    return {
-        "benchmark": config["benchmark"], "method": config["method"], "size": config["size"],
-        "lr": config["lr"], "seed": config["seed"],
-        "final_val_loss": final["loss"], "init_loss": m.init_loss, "diverged": diverged,
-        "diverged_at_step": m.diverged_at if m.diverged_at is not None else (step if diverged else None),
-        "steps": step, "tokens": tokens,
-        "wall_seconds": m.elapsed + time.perf_counter() - start_time, "train_seconds": m.train_seconds,
-        "tokens_per_second": (tokens - m.start_tokens) / max(m.train_seconds - m.start_seconds, 1e-9),
-        "max_attn_logit": final["attn_logit_max"], "max_attn_logit_per_layer": final["attn_logit_max_per_layer"],
-        "final_log_z": final["log_z"],
-        "final_train_loss": next((r["loss"] for r in reversed(m.history) if "loss" in r), None),
-        "n_params": m.model.num_parameters(non_embedding=False),
-        "n_params_non_embedding": m.model.num_parameters(non_embedding=True),
-        "resumed_from_step": resumed_from, "config": config, "methods": m.stack.describe(),
-        "versions": versions(), "device": device_name(device), "precision": precision,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "packed_with": packed_with,
-    }
+    metrics = run_metrics(
+        m.config, m.stack, m.model, m.history, final, init_loss=m.init_loss, diverged_at=m.diverged_at,
+        step=step, tokens=tokens, wall_seconds=m.elapsed + time.perf_counter() - start_time,
+        train_seconds=m.train_seconds,
+        tokens_per_second=(tokens - m.start_tokens) / max(m.train_seconds - m.start_seconds, 1e-9),
+        resumed_from=resumed_from, device=device, precision=precision)
+    return {**metrics, "packed_with": packed_with}

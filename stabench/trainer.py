@@ -161,6 +161,7 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
 
     device, precision = resolve_device(config)
     accelerator = make_accelerator(device, precision)
+    config["train"]["world_size"] = accelerator.num_processes  # for schedules on tokens; not hashed
     torch.manual_seed(seed)
     model = GPT(**config["model"])
     for hook, args in stack.composed("transform_model"):
@@ -264,29 +265,42 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
     bar.close()
 
     final = evaluate(raw_model, windows, train["eval_batch_size"], accelerator)
-    diverged = diverged_at is not None or not math.isfinite(final["loss"])
-    metrics = {
-        "benchmark": config["benchmark"], "method": config["method"], "size": config["size"],
-        "lr": config["lr"], "seed": seed,
-        "final_val_loss": final["loss"], "init_loss": init_loss, "diverged": diverged,
-        "diverged_at_step": diverged_at if diverged_at is not None else (step if diverged else None),
-        "steps": step, "tokens": tokens,
-        "wall_seconds": elapsed + time.perf_counter() - start_time, "train_seconds": train_seconds,
-        "tokens_per_second": (tokens - (state["tokens"] if state else 0)) / max(train_seconds - (state["train_seconds"] if state else 0), 1e-9),
-        "max_attn_logit": final["attn_logit_max"], "max_attn_logit_per_layer": final["attn_logit_max_per_layer"],
-        "final_log_z": final["log_z"], "final_train_loss": next((r["loss"] for r in reversed(history) if "loss" in r), None),
-        "n_params": raw_model.num_parameters(non_embedding=False),
-        "n_params_non_embedding": raw_model.num_parameters(non_embedding=True),
-        **history_spikes(history, config["probes"]),
-        "resumed_from_step": resumed_from, "config": config, "methods": stack.describe(),
-        "versions": versions(), "device": device_name(device), "precision": precision,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    first_tokens, first_seconds = (state["tokens"], state["train_seconds"]) if state else (0, 0.0)
+    metrics = run_metrics(
+        config, stack, raw_model, history, final, init_loss=init_loss, diverged_at=diverged_at, step=step,
+        tokens=tokens, wall_seconds=elapsed + time.perf_counter() - start_time, train_seconds=train_seconds,
+        tokens_per_second=(tokens - first_tokens) / max(train_seconds - first_seconds, 1e-9),
+        resumed_from=resumed_from, device=device, precision=precision)
     checkpoint(finished=True, metrics=metrics)
     if accelerator.is_main_process:
         write_csv(out_dir / HISTORY_NAME, history)
         write_json(out_dir / METRICS_NAME, metrics)
     return metrics
+
+
+def run_metrics(config: dict, stack: MethodStack, model: GPT, history: list[dict], final: dict, *,
+                init_loss: float, diverged_at: int | None, step: int, tokens: int, wall_seconds: float,
+                train_seconds: float, tokens_per_second: float, resumed_from: int | None, device: str,
+                precision: str) -> dict:
+    """The metrics.json of a finished run (shared by single and packed training)."""
+    diverged = diverged_at is not None or not math.isfinite(final["loss"])
+    return {
+        "benchmark": config["benchmark"], "method": config["method"], "size": config["size"],
+        "lr": config["lr"], "seed": config["seed"],
+        "final_val_loss": final["loss"], "init_loss": init_loss, "diverged": diverged,
+        "diverged_at_step": diverged_at if diverged_at is not None else (step if diverged else None),
+        "steps": step, "tokens": tokens, "wall_seconds": wall_seconds, "train_seconds": train_seconds,
+        "tokens_per_second": tokens_per_second,
+        "max_attn_logit": final["attn_logit_max"], "max_attn_logit_per_layer": final["attn_logit_max_per_layer"],
+        "final_log_z": final["log_z"],
+        "final_train_loss": next((r["loss"] for r in reversed(history) if "loss" in r), None),
+        "n_params": model.num_parameters(non_embedding=False),
+        "n_params_non_embedding": model.num_parameters(non_embedding=True),
+        **history_spikes(history, config["probes"]),
+        "resumed_from_step": resumed_from, "config": config, "methods": stack.describe(),
+        "versions": versions(), "device": device_name(device), "precision": precision,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def train_grad_clip(config: dict) -> float:

@@ -216,3 +216,26 @@ def test_killed_pack_resumes_and_matches(engine_bench, bench, tmp_path, monkeypa
     monkeypatch.setattr(packed, "GPT", None)
     again = train_packed(configs, outs, engine_bench.data_dir, progress=False)
     assert [a["finished_at"] for a in again] == [m["finished_at"] for m in resumed]
+
+
+def test_train_run_resumes_a_packed_members_checkpoint(engine_bench, bench, separate, tmp_path, monkeypatch):
+    """A member's mid-run checkpoint is train_run's format: a group of one resumes with train_run."""
+    lrs = [1e-3, 1e-2]
+    outs = [tmp_path / str(lr) for lr in lrs]
+    real = packed.run_probes
+
+    def probes(ctx, extra=None):
+        if ctx.step == 15:
+            raise RuntimeError("killed")
+        return real(ctx, extra)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(packed, "run_probes", probes)
+        with pytest.raises(RuntimeError, match="killed"):
+            train_packed([config(bench, "baseline", lr) for lr in lrs], outs, engine_bench.data_dir, progress=False)
+    resumed = train_run(config(bench, "baseline", lrs[1]), outs[1], engine_bench.data_dir, progress=False)
+    assert resumed["resumed_from_step"] == 10
+    single_out, single = separate("baseline", lrs[1])
+    assert resumed["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=RTOL)
+    for row, ref in zip(read_history(outs[1]), read_history(single_out)):
+        assert float(row["loss"] or "nan") == pytest.approx(float(ref["loss"] or "nan"), rel=RTOL, nan_ok=True)

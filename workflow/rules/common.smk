@@ -33,6 +33,8 @@ TRAIN_THREADS = int(config.get("train_threads", 1))
 # GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
 GPUS = int(config.get("gpus", 0))
 RUNS_PER_GPU = int(config.get("runs_per_gpu", 1))
+# --config pack=1: train each (method, size)'s LRs and seeds together as one batched ensemble.
+PACK = bool(int(config.get("pack", 0)))
 
 
 def size_gpus(size):
@@ -67,11 +69,11 @@ ALL_METRICS = [
 ]
 
 
-def run_params(wildcards):
+def run_params(wildcards, lr=None, seed=None):
     """The run's config after its methods' configure hooks: a change in it retriggers the run,
     a change elsewhere in the benchmark (another method, a new size) does not."""
     cfg = run_config(BENCHMARK, method=wildcards.method, size=wildcards.size,
-                     lr=float(wildcards.lr), seed=int(wildcards.seed))
+                     lr=float(lr or wildcards.lr), seed=int(seed if seed is not None else wildcards.seed))
     cfg = configure(cfg, load_stack(cfg["method_spec"]["use"], cfg["method_spec"]["args"]))
     cfg.pop("benchmark_sizes")
     return json.dumps(cfg, sort_keys=True)
