@@ -65,6 +65,18 @@ def test_smoke_benchmark_leaderboard_and_report(smoke_results):
     assert "git commit" in html.lower()
 
 
+def test_smoke_benchmark_zero_shot_eval(smoke_results):
+    """eval.runs: best -> one eval record per (method, size), joined into runs.csv, leaderboard, report."""
+    results = smoke_results / "results" / "smoke"
+    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    assert len(list((results / "eval").glob("*/*.json"))) == len(bench["methods"]) * len(bench["sizes"])
+    runs = pd.read_csv(results / "runs.csv")
+    assert (runs["eval_status"] == "evaluated").sum() == len(bench["methods"]) * len(bench["sizes"])
+    assert runs["eval/stabench_cloze/ll"].notna().any() and "eval/stabench_cloze/init_ll" in runs
+    assert {"eval/stabench_cloze/acc", "eval/stabench_continuation/acc_norm"} <= set(pd.read_csv(results / "leaderboard.csv"))
+    assert "Zero-shot evaluation" in (results / "report.html").read_text()
+
+
 def test_second_run_does_nothing(smoke_results):
     proc = snakemake(smoke_results, "-n", "--cores", "2", "--config", "benchmark=smoke")
     assert "Nothing to be done" in proc.stdout + proc.stderr

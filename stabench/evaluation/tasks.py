@@ -16,7 +16,8 @@ training document). Output, in ``results/<bench>/eval_tasks/``::
 - ``stabench_continuation`` (HellaSwag-style): context = a document's leading sentence(s) (up
   to ``CONT_CONTEXT_WORDS`` words), true ending = the sentence that follows; 3 distractors are
   sentences drawn (seeded) from 3 other held-out documents at the same position, so they read
-  like second sentences too; the gold position is drawn too.
+  like following sentences too, and of about the same length as the true ending (else a model
+  wins by preferring the shortest ending); the gold position is drawn too.
 
 Everything is a function of (val_docs.jsonl, n_examples, seed): the same inputs give the
 same bytes. At most ``n_examples`` examples per task (a seeded choice of documents when more
@@ -39,7 +40,7 @@ CLOZE, CONTINUATION = "stabench_cloze", "stabench_continuation"
 OFFLINE_TASKS = (CLOZE, CONTINUATION)
 LOCAL_NAMES = (*OFFLINE_TASKS, "stabench")  # the task YAMLs' tag "stabench" names both
 MANIFEST = "manifest.json"
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 
 CLOZE_MAX_WORDS = 60
 CONT_CONTEXT_WORDS = 40
@@ -113,19 +114,30 @@ def build_continuation(docs: list[dict], n: int, seed: int) -> list[dict]:
     rng = np.random.default_rng([seed, 2])
     chosen = _choose(len(parts), n, rng)
     out = []
-    for i, j in enumerate(chosen):
+    for j in chosen:
         doc, (context, ending) = parts[j]
-        distractors: list[str] = []
-        for k in rng.permutation(len(parts)).tolist():  # other documents, seeded order
-            other = parts[k][1][1]
-            if k != j and other != ending and other not in distractors:
-                distractors.append(other)
-            if len(distractors) == N_CHOICES - 1:
-                break
+        distractors = _distractors(parts, j, ending, rng)
+        if len(distractors) < N_CHOICES - 1:
+            continue
         label = int(rng.integers(N_CHOICES))
         endings = distractors[:label] + [ending] + distractors[label:]
-        out.append({"id": i, "doc_id": doc["id"], "context": context, "endings": endings, "label": label})
+        out.append({"id": len(out), "doc_id": doc["id"], "context": context, "endings": endings, "label": label})
     return out
+
+
+def _distractors(parts: list, j: int, ending: str, rng: np.random.Generator) -> list[str]:
+    """N_CHOICES - 1 endings of other documents, drawn among those of about the true ending's
+    length (within 25% of its words, widened until enough), so that a model cannot score by
+    preferring the shortest ending (summed log-likelihoods favour short texts)."""
+    n = len(ending.split())
+    others = [k for k in range(len(parts)) if k != j and parts[k][1][1] != ending]
+    tol = max(2, round(0.25 * n))
+    while True:
+        pool = sorted({parts[k][1][1] for k in others if abs(len(parts[k][1][1].split()) - n) <= tol})
+        if len(pool) >= N_CHOICES - 1 or tol > 1000:
+            break
+        tol *= 2
+    return [pool[i] for i in rng.choice(len(pool), size=min(N_CHOICES - 1, len(pool)), replace=False)]
 
 
 def _jsonl(rows: list[dict]) -> str:

@@ -6,6 +6,8 @@
 EVALS lists the records aggregate joins into runs.csv (empty for eval.runs: none).
 """
 
+from stabench.evaluation.tasks import BUILDER_VERSION
+
 EVAL = BENCHMARK["eval"]
 EVAL_PARAMS = json.dumps(EVAL, sort_keys=True)  # a change re-evaluates, it never retrains
 EVAL_TASKS_DIR = f"{RESULTS}/eval_tasks"
@@ -30,7 +32,7 @@ rule build_eval_tasks:
     output:
         manifest=f"{EVAL_TASKS_DIR}/manifest.json",
     params:
-        settings=json.dumps({"n_examples": EVAL["n_examples"], "seed": EVAL["seed"]}),
+        settings=json.dumps({"n_examples": EVAL["n_examples"], "seed": EVAL["seed"], "builder": BUILDER_VERSION}),
     log:
         f"{RESULTS}/logs/build_eval_tasks.log",
     shell:
