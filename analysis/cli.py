@@ -25,13 +25,12 @@ import yaml
 from stabench.io import write_dataframe_csv
 from analysis.runs import as_bool, as_text
 
-FIGURE_FILES = {  # report key -> fixed file name
-    "loss_vs_lr": "loss_vs_lr.png",
-    "sensitivity_vs_size": "sensitivity_vs_size.png",
-    "attn_logit_vs_lr": "attn_logit_vs_lr.png",
-    "loss_curves": "loss_curves.png",
-    "log_z": "log_z.png",
-}
+FIGURES = ("loss_vs_lr", "sensitivity_vs_size", "attn_logit_vs_lr", "loss_curves", "log_z")
+DIAGNOSTIC_FIGURES = ("output_logit_divergence", "instability_prediction", "grad_rms_vs_size",
+                      "best_lr_vs_width", "probes", "curvature")
+DIAGNOSTIC_TABLES = ("log_z_drift", "instability_prediction")
+FIGURE_FILES = {name: f"{name}.png" for name in FIGURES + DIAGNOSTIC_FIGURES}  # report key -> file
+TABLE_FILES = {name: f"{name}.csv" for name in DIAGNOSTIC_TABLES}
 
 
 def read_table(path: Path | str, bool_cols: tuple[str, ...] = ("diverged", "changes_lr_meaning"),
@@ -95,6 +94,36 @@ def cmd_figures(a: argparse.Namespace) -> None:
         methods[label] = r["method"]
     F.save_png(F.loss_curves(histories, methods, palette), out / FIGURE_FILES["loss_curves"])
     F.save_png(F.log_z_curves(histories, methods, palette), out / FIGURE_FILES["log_z"])
+    diagnostics(runs, scores, a.sizes, palette, out)
+
+
+def diagnostics(runs: pd.DataFrame, scores: pd.DataFrame, sizes: list[str], palette: dict, out: Path) -> None:
+    """The stability-diagnostics figures and tables, from every run's probe history."""
+    from analysis import diagnostics as D
+    from analysis.figures import save_png
+    from analysis.predict import early_attention_logits, predict_instability
+    from analysis.runs import load_history
+    if runs.empty:  # Snakemake still needs every declared output
+        for name in DIAGNOSTIC_FIGURES:
+            save_png(D._empty_figure(name.replace("_", " "), "no runs"), out / FIGURE_FILES[name])
+        for name in DIAGNOSTIC_TABLES:
+            write_dataframe_csv(out / TABLE_FILES[name], pd.DataFrame())
+        return
+    histories = {d: load_history(d) for d in runs["run_dir"] if (Path(d) / "history.csv").exists()}
+    size = D._largest_size(runs, sizes)
+    lr = D.chosen_lr(runs, size)
+    save_png(D.log_z_figure(runs, histories, sizes, palette), out / FIGURE_FILES["output_logit_divergence"])
+    drift = D.log_z_drift_table(runs, histories)
+    write_dataframe_csv(out / TABLE_FILES["log_z_drift"], drift)
+    early = early_attention_logits(runs, histories)
+    reference = "baseline" if (runs["method"] == "baseline").any() else runs["method"].iloc[0]
+    save_png(D.instability_figure(early, reference, palette), out / FIGURE_FILES["instability_prediction"])
+    prediction = predict_instability(early, reference) if not early.empty else pd.DataFrame()
+    write_dataframe_csv(out / TABLE_FILES["instability_prediction"], prediction)
+    save_png(D.grad_rms_figure(D.grad_rms_table(runs, histories), lr, palette), out / FIGURE_FILES["grad_rms_vs_size"])
+    save_png(D.best_lr_vs_width(scores, runs, palette), out / FIGURE_FILES["best_lr_vs_width"])
+    save_png(D.probe_panels(runs, histories, size, lr, palette), out / FIGURE_FILES["probes"])
+    save_png(D.curvature_figure(runs, histories, palette=palette), out / FIGURE_FILES["curvature"])
 
 
 def _read_json(path: str | None) -> dict:
@@ -108,11 +137,13 @@ def cmd_report(a: argparse.Namespace) -> None:
         or Path(a.benchmark_yaml).stem
     figdir = Path(a.figures_dir)
     figs = {k: figdir / f for k, f in FIGURE_FILES.items() if (figdir / f).exists()}
+    tables = {k: pd.read_csv(figdir / f) for k, f in TABLE_FILES.items()
+              if (figdir / f).exists() and (figdir / f).stat().st_size > 1}
     lb = read_table(a.leaderboard_csv, bool_cols=("changes_lr_meaning", "complete"))
     build_report(Path(a.out), benchmark_name=str(name), leaderboard_df=lb,
                  runs_df=read_table(a.runs_csv), figure_pngs=figs,
                  method_docs=_read_json(a.method_docs), settings=settings,
-                 provenance=_read_json(a.provenance))
+                 provenance=_read_json(a.provenance), tables=tables)
 
 
 def build_parser() -> argparse.ArgumentParser:

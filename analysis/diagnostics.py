@@ -44,9 +44,10 @@ PROBE_FAMILIES = (
 
 def run_settings(run_dir: str) -> dict:
     """Optimizer and model settings of a run, from its metrics.json (for grouping figures)."""
-    config = json.loads((Path(run_dir) / "metrics.json").read_text())["config"]
-    return {"eps": config["optimizer"]["eps"], "weight_decay": config["optimizer"]["weight_decay"],
-            "d_model": config["model"]["d_model"], "n_layers": config["model"]["n_layers"]}
+    config = _metrics(run_dir).get("config") or {}
+    optimizer, model = config.get("optimizer", {}), config.get("model", {})
+    return {"eps": optimizer.get("eps", math.nan), "weight_decay": optimizer.get("weight_decay", math.nan),
+            "d_model": model.get("d_model", math.nan), "n_layers": model.get("n_layers", math.nan)}
 
 
 def _largest_size(runs: pd.DataFrame, size_order) -> str:
@@ -69,12 +70,19 @@ def chosen_lr(runs: pd.DataFrame, size: str) -> float:
     return float((ok if not ok.empty else base)["lr"].max())
 
 
-def log_z_drift(history: pd.DataFrame) -> float:
-    """Largest |log Z(t) - log Z(first probe)|: how far the output normalizer wandered."""
+def log_z_drift(history: pd.DataFrame, tail: float = 0.2) -> float:
+    """How far log Z moved away from 0: |log Z| late in training minus |log Z| at the first probe.
+
+    Output-logit divergence (Wortsman et al. 3.2) is log Z drifting away from 0; z-loss pulls it
+    toward 0 (a negative drift). Late = the mean over the last ``tail`` of the probed steps.
+    """
     if "log_z_mean" not in history:
         return math.nan
-    values = history["log_z_mean"].dropna()
-    return float((values - values.iloc[0]).abs().max()) if len(values) else math.nan
+    rows = history.dropna(subset=["log_z_mean"])
+    if rows.empty:
+        return math.nan
+    late = late_mean(rows.assign(abs_log_z=rows["log_z_mean"].abs()), "abs_log_z", tail)
+    return float(late - abs(rows["log_z_mean"].iloc[0]))
 
 
 def log_z_drift_table(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -42,6 +42,44 @@ FIGURE_CAPTIONS = {
              "away from 0 is the output-logit divergence that z-loss targets.",
 }
 
+# Stability diagnostics: name -> (title, caption). Shown in their own section, in this order.
+DIAGNOSTICS = {
+    "output_logit_divergence": (
+        "Output-logit divergence",
+        "Mean log Z of the output logits over training at the two highest LRs of the largest size, "
+        "for the methods that differ in weight decay and z-loss (Wortsman et al. 2023, section 3.2). "
+        "Without weight decay log Z drifts away; z-loss pulls it toward 0. The table gives each "
+        "run's largest drift of log Z from its first probe."),
+    "instability_prediction": (
+        "Instability prediction",
+        "The first block's max attention logit at 2% of training against model size, one colour per "
+        "peak LR, fitted with a quadratic in log(parameters) and extrapolated to 4x the largest size "
+        "(Wortsman et al. 2023, section 3.4). Crosses mark diverged runs; the red line is the ~1e4 "
+        "level past which they see divergence. The table gives the predictions for 2x and 4x the "
+        "largest size and, with 3+ sizes, the fit without the largest size against what it did."),
+    "grad_rms_vs_size": (
+        "Gradient RMS against Adam's epsilon",
+        "Gradient RMS late in training against model size at one peak LR, per method, with each "
+        "method's eps as a dotted line (and the size where a log-log fit reaches it, dashed). When "
+        "gradients approach eps, Adam's update shrinks (Wortsman et al. 3.4; Everett et al. 2024)."),
+    "best_lr_vs_width": (
+        "Best LR against width",
+        "Each method's best peak LR at each width. A flat line means the optimal LR transfers across "
+        "widths, the promise of muParam and of Everett et al.'s per-layer LRs."),
+    "probes": (
+        "Probes over training",
+        "Every probe family recorded in the runs (gradient and update RMS, Adam's second moment, "
+        "gradient norm, curvature, WeSaR gates, sequence length, active blocks), one line per method "
+        "at the largest size and the highest LR at which the baseline did not diverge."),
+    "curvature": (
+        "Preconditioned curvature",
+        "lr x lambda_max of the Adam-preconditioned Hessian (power iteration on Hessian-vector "
+        "products, warm-started; Ramasinghe et al.) against Adam's stability threshold 38, with the "
+        "run's loss (grey) and its loss spikes (orange). Runs with the most spikes are shown."),
+}
+
+DIAGNOSTIC_TABLE = {"output_logit_divergence": "log_z_drift", "instability_prediction": "instability_prediction"}
+
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
@@ -256,7 +294,8 @@ def _dl(d: Mapping) -> str:
 
 def build_report(out_html: Path | str, *, benchmark_name: str, leaderboard_df: pd.DataFrame,
                  runs_df: pd.DataFrame, figure_pngs: Mapping[str, Path | str],
-                 method_docs: Mapping[str, str], settings: Mapping, provenance: Mapping) -> None:
+                 method_docs: Mapping[str, str], settings: Mapping, provenance: Mapping,
+                 tables: Mapping[str, pd.DataFrame] | None = None) -> None:
     """Write the report to out_html (atomically).
 
     figure_pngs: name -> PNG path; names in FIGURE_CAPTIONS get their caption, others a
@@ -299,13 +338,15 @@ def build_report(out_html: Path | str, *, benchmark_name: str, leaderboard_df: p
              + "</ul></div>",
              "<h2>Leaderboard</h2>", _leaderboard_html(lb), _eval_html(runs_df)]
 
-    if figure_pngs:
+    main_figures = {k: v for k, v in figure_pngs.items() if k not in DIAGNOSTICS}
+    if main_figures:
         parts.append("<h2>Figures</h2>")
-        for name, path in figure_pngs.items():
+        for name, path in main_figures.items():
             cap = FIGURE_CAPTIONS.get(name, name.replace("_", " ").capitalize() + ".")
             parts.append(f'<figure id="fig-{esc(name)}"><img alt="{esc(name)}" '
                          f'src="{png_data_uri(path)}"><figcaption>{esc(cap)}</figcaption></figure>')
 
+    parts += _diagnostics_html(figure_pngs, tables or {})
     parts += ["<h2>All runs</h2>",
               f"<details><summary>Per-run table ({len(runs_df)} runs)</summary>"
               f"{_runs_html(runs_df)}</details>"]
@@ -326,6 +367,33 @@ def build_report(out_html: Path | str, *, benchmark_name: str, leaderboard_df: p
            f"<title>stabench: {esc(benchmark_name)}</title><style>{CSS}</style></head><body>"
            + "\n".join(parts) + "</body></html>\n")
     write_text(out_html, doc)
+
+
+def _table_html(df: pd.DataFrame, max_rows: int = 60) -> str:
+    """A small numeric table: floats in 4 significant digits, at most ``max_rows`` rows."""
+    shown = df.head(max_rows)
+    head = "".join(f"<th>{esc(c)}</th>" for c in shown.columns)
+    body = "".join("<tr>" + "".join(f"<td>{esc(fmt_g(v, 4) if isinstance(v, float) else v)}</td>" for v in row)
+                   + "</tr>" for row in shown.itertuples(index=False))
+    more = f"<p class=\"sub\">{len(df) - max_rows} more rows in the CSV.</p>" if len(df) > max_rows else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _diagnostics_html(figure_pngs: Mapping[str, Path | str], tables: Mapping[str, pd.DataFrame]) -> list[str]:
+    present = [name for name in DIAGNOSTICS if name in figure_pngs or name in tables]
+    if not present:
+        return []
+    parts = ["<h2>Stability diagnostics</h2>"]
+    for name in present:
+        title, caption = DIAGNOSTICS[name]
+        parts.append(f"<h3>{esc(title)}</h3>")
+        if name in figure_pngs:
+            parts.append(f'<figure id="fig-{esc(name)}"><img alt="{esc(name)}" src="{png_data_uri(figure_pngs[name])}">'
+                         f"<figcaption>{esc(caption)}</figcaption></figure>")
+        table = tables.get(DIAGNOSTIC_TABLE.get(name, ""))
+        if table is not None and not table.empty:
+            parts.append(f"<details><summary>Table</summary>{_table_html(table)}</details>")
+    return parts
 
 
 def largest_or(sizes: list[str]) -> str:

@@ -19,6 +19,7 @@ optimizer that reads a group's eps). LR meaning is unchanged.
 from __future__ import annotations
 
 from stabench.model import parameter_roles
+from stabench.methods import base_width as shared_base_width
 
 VERSION = "1"
 ARGS = {"base_width": None, "eps_base": None}
@@ -27,11 +28,7 @@ SCALED_ROLES = ("hidden", "readout")
 
 def base_width(config: dict, args: dict) -> int:
     """Arg base_width, else the smallest d_model among the benchmark's sizes, else this run's."""
-    if args.get("base_width"):
-        return int(args["base_width"])
-    sizes = config.get("benchmark_sizes") or {}
-    widths = [s["d_model"] if isinstance(s, dict) else int(s) for s in sizes.values()]
-    return min(widths) if widths else int(config["model"]["d_model"])
+    return shared_base_width(config, args.get("base_width"))
 
 
 def layer_eps(config: dict, args: dict) -> dict[str, float]:

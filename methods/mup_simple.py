@@ -19,7 +19,7 @@ Choices:
 - Weight decay is left as configured (independent decay is already LR-independent).
 """
 
-from stabench.methods import MethodError
+from stabench.methods import base_width as shared_base_width
 from stabench.model import parameter_roles
 
 VERSION = "1"
@@ -29,15 +29,7 @@ CHANGES_LR_MEANING = True
 
 def base_width(config, args) -> int:
     """The width the LR is tuned at: the arg, else the benchmark's smallest, else this run's."""
-    if args.get("base_width") is not None:
-        width = args["base_width"]
-    elif config.get("benchmark_sizes"):
-        width = min(size["d_model"] for size in config["benchmark_sizes"].values())
-    else:
-        width = config["model"]["d_model"]
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise MethodError(f"muP: base_width must be a positive integer, got {width!r}")
-    return width
+    return shared_base_width(config, args.get("base_width"))
 
 
 def mup_widths(config, args) -> tuple[int, int]:

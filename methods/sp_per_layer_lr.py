@@ -23,6 +23,7 @@ own d_model. Parameters added by other methods with role hidden get the hidden e
 from __future__ import annotations
 
 from stabench.model import parameter_roles
+from stabench.methods import base_width as shared_base_width
 
 VERSION = "1"
 CHANGES_LR_MEANING = True
@@ -36,11 +37,7 @@ EXPONENTS = {
 
 def base_width(config: dict, args: dict) -> int:
     """Arg base_width, else the smallest d_model among the benchmark's sizes, else this run's."""
-    if args.get("base_width"):
-        return int(args["base_width"])
-    sizes = config.get("benchmark_sizes") or {}
-    widths = [s["d_model"] if isinstance(s, dict) else int(s) for s in sizes.values()]
-    return min(widths) if widths else int(config["model"]["d_model"])
+    return shared_base_width(config, args.get("base_width"))
 
 
 def param_options(model, config, args):

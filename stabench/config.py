@@ -187,3 +187,4 @@ def run_config(benchmark: dict, *, method: str, size: str, lr: float, seed: int)
         # Not part of a run's identity: such methods record what they derive from it.
         "benchmark_sizes": copy.deepcopy(benchmark["sizes"]),
     }
+

@@ -212,3 +212,20 @@ def configure(config: dict, stack: MethodStack) -> dict:
         hook(config, args)
     config["methods"] = stack.describe()
     return config
+
+
+def base_width(config: dict, override: int | None = None) -> int:
+    """The width that width-relative rules (per-layer LRs, inits, eps) are tuned at.
+
+    ``override`` (a method's ``base_width`` argument) if given, else the smallest d_model among
+    the benchmark's sizes, else the run's own width (then every such rule is the identity).
+    """
+    if override is not None:
+        width = override
+    elif config.get("benchmark_sizes"):
+        width = min(size["d_model"] for size in config["benchmark_sizes"].values())
+    else:
+        width = config["model"]["d_model"]
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise MethodError(f"base_width must be a positive integer, got {width!r}")
+    return width

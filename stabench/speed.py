@@ -46,11 +46,14 @@ def random_token_data(folder: Path, data_cfg: dict, vocab: int, n_tokens: int, s
     return folder
 
 
-def throughput(history: list[dict], warmup: int) -> float:
-    """Tokens per second between the first probe row after ``warmup`` steps and the last."""
+def throughput(history: list[dict], warmup: int) -> float | None:
+    """Tokens per second between the first probe row after ``warmup`` steps and the last
+    (None when fewer than two probe rows were timed, e.g. probe_every >= steps)."""
     rows = [r for r in history if "time" in r and r["step"] >= warmup]
     if len(rows) < 2:
         rows = [r for r in history if "time" in r]
+    if len(rows) < 2:
+        return None
     first, last = rows[0], rows[-1]
     return (last["tokens"] - first["tokens"]) / max(last["time"] - first["time"], 1e-9)
 
@@ -68,7 +71,7 @@ def measure(benchmark: dict, size: str, *, method: str, steps: int, warmup: int,
     metrics = train_run(config, out, data_dir, progress=False)
     with open(out / HISTORY_NAME) as f:
         history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    tok_s = throughput(history, warmup)
+    tok_s = throughput(history, warmup) or metrics["tokens_per_second"]  # whole loop if too few probes
     dims = config["model"]
     flops = flops_per_token(dims["d_model"], dims["n_layers"], vocab, bench["train"]["seq_len"], dims["mlp_ratio"])
     peak = peak_tflops(metrics["device"])

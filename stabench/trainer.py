@@ -212,6 +212,8 @@ def train_run(config: dict, out_dir: str | Path, data_dir: str | Path, *, progre
         optimizer.zero_grad(set_to_none=True)  # here, so probes still see this step's gradients
         batch = torch.from_numpy(train_batch(data.train, step, train["batch_size"], train["seq_len"], seed,
                                              accelerator.process_index, accelerator.num_processes))
+        if accelerator.device.type == "cuda":
+            batch = batch.pin_memory()  # so the copy below is asynchronous
         batch = batch.to(accelerator.device, non_blocking=True)
         if batch_hook:
             batch = batch_hook[0](batch, step, config, batch_hook[1])

@@ -241,7 +241,8 @@ def test_cli_end_to_end_report(fake, tmp_path):
                  "--method-docs", str(tmp_path / "docs.json"), "--provenance",
                  str(tmp_path / "prov.json"), "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.count("data:image/png;base64,") == 5
+    from analysis.cli import FIGURE_FILES
+    assert text.count("data:image/png;base64,") == len(FIGURE_FILES)  # core figures + diagnostics
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text)
     assert "<script" not in text
     # leaderboard method names in rank order inside the leaderboard table
@@ -268,5 +269,6 @@ def test_cli_empty_grid_still_writes_every_output(tmp_path):
     (tmp_path / "b.yaml").write_text("name: empty\n")
     main(["report", "--leaderboard-csv", c("lb.csv"), "--runs-csv", c("runs.csv"), "--figures-dir",
           c("fig"), "--benchmark-yaml", c("b.yaml"), "--out", c("r.html")])
-    assert len(list((tmp_path / "fig").glob("*.png"))) == 5
+    from analysis.cli import FIGURE_FILES
+    assert len(list((tmp_path / "fig").glob("*.png"))) == len(FIGURE_FILES)
     assert "stabench report: empty" in (tmp_path / "r.html").read_text()

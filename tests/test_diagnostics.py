@@ -55,9 +55,11 @@ def test_early_attention_logits_reads_each_runs_history():
     assert early.loc[0, "early_logit"] == 6.0  # 2% of 100 steps = step 2
 
 
-def test_log_z_drift_is_largest_departure_from_start():
-    h = pd.DataFrame({"step": [0, 10, 20, 30], "log_z_mean": [np.nan, 7.0, 4.0, 8.0]})
-    assert log_z_drift(h) == pytest.approx(3.0)
+def test_log_z_drift_is_change_of_distance_from_zero():
+    away = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50], "log_z_mean": [np.nan, 7.0, 8.0, 9.0, 10.0, 12.0]})
+    assert log_z_drift(away, tail=0.2) == pytest.approx((10.0 + 12.0) / 2 - 7.0)  # steps >= 0.8 * 50
+    toward = pd.DataFrame({"step": [10, 20, 30], "log_z_mean": [7.0, 3.0, -1.0]})
+    assert log_z_drift(toward, tail=0.1) == pytest.approx(1.0 - 7.0)  # |log Z| fell: negative drift
 
 
 def test_probe_panels_draw_families_present(tmp_path):

@@ -1,4 +1,7 @@
-FIGURES = ["loss_vs_lr", "sensitivity_vs_size", "attn_logit_vs_lr", "loss_curves", "log_z"]
+FIGURES = ["loss_vs_lr", "sensitivity_vs_size", "attn_logit_vs_lr", "loss_curves", "log_z",
+           "output_logit_divergence", "instability_prediction", "grad_rms_vs_size", "best_lr_vs_width",
+           "probes", "curvature"]
+TABLES = ["log_z_drift", "instability_prediction"]
 
 
 rule aggregate:
@@ -39,7 +42,8 @@ rule figures:
         scores=rules.score.output.scores,
     output:
         **{name: report(f"{RESULTS}/figures/{name}.png", category="Figures",
-                        caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES}
+                        caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES},
+        **{f"table_{name}": f"{RESULTS}/figures/{name}.csv" for name in TABLES},
     params:
         sizes=" ".join(SIZES),
         outdir=f"{RESULTS}/figures",
