@@ -119,6 +119,9 @@ def can_pack(configs: Sequence[dict]) -> tuple[bool, str]:
     if hooks:
         return False, (f"method {configs[0]['method']!r} has hook(s) {', '.join(hooks)}, which act per run "
                        "outside the batched step")
+    if _reparameterized(configs[0], stack):
+        return False, (f"method {configs[0]['method']!r} reparameterizes weights (torch.nn.utils.parametrize), "
+                       "which the batched step does not reproduce exactly")
     try:
         from accelerate.state import PartialState
         if PartialState().num_processes > 1:
@@ -126,6 +129,21 @@ def can_pack(configs: Sequence[dict]) -> tuple[bool, str]:
     except Exception:  # noqa: BLE001 (no accelerate state: one process)
         pass
     return True, ""
+
+
+def _reparameterized(config: dict, stack: MethodStack) -> bool:
+    """Whether the method's transform_model wraps weights in parametrizations (checked on a
+    copy of the model with a tiny vocabulary, so it costs little)."""
+    from torch.nn.utils import parametrize
+
+    if not stack.composed("transform_model"):
+        return False
+    probe = copy.deepcopy(config)
+    probe["model"].update(vocab_size=8, seq_len=probe["train"]["seq_len"])
+    model = GPT(**probe["model"])
+    for hook, args in stack.composed("transform_model"):
+        hook(model, probe, args)
+    return any(parametrize.is_parametrized(m) for m in model.modules())
 
 
 def pack_groups(run_specs: Iterable[Any], max_size: int = 8, *, vary: Sequence[str] = PACK_VARIES,
@@ -248,7 +266,7 @@ class _Pack:
         """name -> (K, *shape) view of a (K, N) tensor (weights, grads, moments), or (*shape) of a row."""
         lead = flat.shape[:-1]
         chunks = torch.split(flat, self.sizes, dim=-1)
-        return {n: c.view(*lead, *s) for n, c, s in zip(self.names, chunks, self.shapes)}
+        return {n: c.view((*lead, *s)) for n, c, s in zip(self.names, chunks, self.shapes)}
 
     def alias(self) -> None:
         """Make every member's model parameters views of its row (after (re)stacking)."""

@@ -239,3 +239,13 @@ def test_train_run_resumes_a_packed_members_checkpoint(engine_bench, bench, sepa
     assert resumed["final_val_loss"] == pytest.approx(single["final_val_loss"], rel=RTOL)
     for row, ref in zip(read_history(outs[1]), read_history(single_out)):
         assert float(row["loss"] or "nan") == pytest.approx(float(ref["loss"] or "nan"), rel=RTOL, nan_ok=True)
+
+
+def test_reparameterizing_methods_are_not_packed(engine_bench):
+    """Weights wrapped by torch.nn.utils.parametrize (WeSaR's gates) fall back to separate runs."""
+    from stabench.packed import can_pack
+    bench = engine_bench.with_methods(["wesar", "qk_layernorm"])
+    wesar = [run_config(bench, method="wesar", size="tiny", lr=lr, seed=0) for lr in (1e-3, 1e-2)]
+    ok, why = can_pack(wesar)
+    assert not ok and "parametrize" in why
+    assert can_pack([run_config(bench, method="qk_layernorm", size="tiny", lr=lr, seed=0) for lr in (1e-3, 1e-2)])[0]
