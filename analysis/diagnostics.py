@@ -95,7 +95,10 @@ def log_z_drift_table(runs: pd.DataFrame, histories: dict[str, pd.DataFrame]) ->
 def log_z_figure(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], size_order=None,
                  palette=None) -> plt.Figure:
     """log Z vs step at the two highest LRs of the largest size, with/without decay and z-loss."""
-    methods = [m for m in LOG_Z_METHODS if m in set(runs["method"])] or sorted(set(runs["method"]))[:6]
+    present = set(runs["method"])
+    methods = [m for m in LOG_Z_METHODS if m in present]
+    methods += sorted(m for m in present - set(methods) if "z_loss" in m or "weight_decay" in m)
+    methods = methods[:8] or sorted(present)[:6]
     size = _largest_size(runs, size_order)
     lrs = sorted(runs.loc[runs["size"] == size, "lr"].unique())[-2:]
     if not lrs:
@@ -117,7 +120,7 @@ def log_z_figure(runs: pd.DataFrame, histories: dict[str, pd.DataFrame], size_or
     axes[0][0].set_ylabel("mean log Z of the output logits")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.suptitle("Output-logit divergence: log Z drifts without weight decay; z-loss pulls it to 0")
+    fig.suptitle("Output-logit divergence: log Z over training (0 is where z-loss pulls it)")
     fig.tight_layout()
     return fig
 

@@ -132,3 +132,8 @@ def on_step(step, state, args):
     for index in range(model.active_blocks, target):
         _unlock(model, index, restore=True)
     _set_active(model, target)
+
+
+def probes(args):
+    """How many blocks were active at each probe step."""
+    return {"active_blocks": lambda ctx: {"active_blocks": ctx.model.active_blocks}}

@@ -108,3 +108,8 @@ def lr_schedule(step, tokens, config, args):
     seen = tokens + per_row * _length(step, config, args)  # including this step's batch, as step is 1-based
     peak = config["lr"]
     return warmup_cosine(seen, warmup, total, peak, train["min_lr"]) / peak
+
+
+def probes(args):
+    """The training sequence length of each probe step (what the schedule did)."""
+    return {"seq_len": lambda ctx: {"seq_len": ctx.batch.shape[1] - 1}}

@@ -23,6 +23,11 @@ Choices the paper leaves open:
   ``torch.nn.utils.parametrize`` parametrization holding alpha, so checkpoints store W and
   alpha separately and other methods see a plain parametrized nn.Linear.
 Probe ``wesar_gates``: the gate value of every matrix, columns ``gate/<module>``.
+
+It changes what the peak LR means: Adam moves each raw W by about lr per step, so the
+effective weight alpha * W moves by about alpha * lr, 10 to 100 times the baseline's step at
+the same peak LR. Its LR sensitivity is therefore flagged as not comparable with the
+baseline's (its good LRs sit lower on the grid).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from torch.nn.utils import parametrize
 from stabench.model import ROLE_ATTRIBUTE
 
 VERSION = "1"
+CHANGES_LR_MEANING = True
 ARGS = {"sigma2": 4e-5, "gate_lr_mult": 1.0, "embedding_init": "sigma"}
 
 

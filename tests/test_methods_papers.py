@@ -73,7 +73,7 @@ def test_paper_methods_load_with_docs_and_versions():
         method = load_method(name)
         assert method.version == "1" and len(method.doc) > 200, name
     lr_meaning = {name for name in PAPER_METHODS if load_method(name).changes_lr_meaning}
-    assert lr_meaning == {"everett_mup", "sp_per_layer_lr", "adam_atan2"}
+    assert lr_meaning == {"everett_mup", "sp_per_layer_lr", "adam_atan2", "wesar"}  # wesar: alpha x lr steps
 
 
 # ---- WeSaR ------------------------------------------------------------------------------------
@@ -470,9 +470,13 @@ def test_paper_method_trains_end_to_end(engine_bench, tmp_path, run_training, me
     assert [m["name"] for m in metrics["methods"]] == method.split("+")
     if "seq_len_warmup" in method:
         assert metrics["tokens"] < 12 * 8 * 32
+    header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     if method == "wesar":
-        history = (tmp_path / "history.csv").read_text().splitlines()[0]
-        assert "gate/blocks.0.attn.q" in history and "gate/head" in history
+        assert "gate/blocks.0.attn.q" in header and "gate/head" in header
+    if "seq_len_warmup" in method:  # each method is recorded with its probe
+        assert "seq_len" in header
+    if "depth_warmup" in method:
+        assert "active_blocks" in header
 
 
 def test_adam_atan2_run_resumes(engine_bench, tmp_path, monkeypatch, run_training):
