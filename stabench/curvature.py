@@ -17,7 +17,8 @@ Choices:
   the model object (``model._stabench_probe_state['curvature_v']``, keyed by parameter name,
   never in module globals) and seeds the next power iteration. The first measurement runs up
   to ``FIRST_ITERS`` = 20 products, later ones ``probes.curvature_iters`` (default 5); both
-  stop early once the Rayleigh quotient changes by less than ``TOL`` = 1e-3 (relative).
+  stop early, after at least ``MIN_ITERS`` = 3 products, once the Rayleigh quotient changes by
+  less than ``TOL`` = 1e-3 (relative).
 - lambda_max is the largest (most positive) eigenvalue, the one that limits stability. Power
   iteration finds the one of largest magnitude; when that estimate comes out negative (a
   negative direction dominates, as happens early in training), a second power iteration
@@ -41,6 +42,7 @@ from .probes import ProbeContext, register_probe
 
 ADAM_THRESHOLD = 38.0   # (2 + 2 beta1) / (1 - beta1) at beta1 = 0.9
 FIRST_ITERS = 20
+MIN_ITERS = 3   # two equal Rayleigh quotients in a row can still be far from converged
 TOL = 1e-3
 STATE_ATTRIBUTE = "_stabench_probe_state"
 
@@ -83,7 +85,7 @@ def top_eigenvalue(hvp_fn: Callable[[Vector], Vector], v0: Sequence[torch.Tensor
         if not torch.isfinite(w_norm) or w_norm == 0:
             break
         v = [x / w_norm.to(x.dtype) for x in w]
-        if previous is not None and abs(lam - previous) <= tol * abs(lam):
+        if previous is not None and products >= MIN_ITERS and abs(lam - previous) <= tol * abs(lam):
             break
         previous = lam
     return lam, v, products
