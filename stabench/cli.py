@@ -72,12 +72,17 @@ def launch_on_gpus(args, argv: list[str]) -> int:
         return subprocess.call(command)
 
 
+def training_benchmark(args) -> dict:
+    """Threads as Snakemake gives them, then the validated benchmark (train and train-pack)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_benchmark(args.benchmark, args.set)
+
+
 def cmd_train(args) -> int:
     if args.gpus:
         return launch_on_gpus(args, args.argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = training_benchmark(args)
     config = run_config(benchmark, method=args.method, size=args.size, lr=args.lr, seed=args.seed)
     load_stack(config["method_spec"]["use"], config["method_spec"]["args"])  # fail fast on bad methods
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
@@ -100,9 +105,7 @@ def parse_pack_run(text: str) -> tuple[float, int, Path]:
 def cmd_train_pack(args) -> int:
     if args.gpus:
         return launch_on_gpus(args, args.argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = training_benchmark(args)
     runs = [parse_pack_run(text) for text in args.run]
     configs = [run_config(benchmark, method=args.method, size=args.size, lr=lr, seed=seed) for lr, seed, _ in runs]
     load_stack(configs[0]["method_spec"]["use"], configs[0]["method_spec"]["args"])

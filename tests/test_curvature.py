@@ -26,13 +26,6 @@ from stabench.probes import PROBES, ProbeContext
 CONFIG = {"seed": 0, "probes": {"curvature_every": 1, "curvature_iters": 5}}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_setup(steps: int = 3, lr: float = 1e-2):
     """A 1-layer d=8 GPT (vocab 16, seq 8) after a few AdamW steps: (model, optimizer, batch)."""

@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from stabench.checkpoint import CHECKPOINT_NAME

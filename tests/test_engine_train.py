@@ -27,13 +27,6 @@ METRIC_KEYS = {"final_val_loss", "init_loss", "diverged", "diverged_at_step", "s
 PROBE_COLUMNS = {"step", "loss", "lr", "grad_norm", "attn_logit_max_l0", "attn_logit_max_l1", "log_z_mean"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def reference(engine_bench, tmp_path_factory):

@@ -24,13 +24,6 @@ PAPER_METHODS = ["wesar", "small_init", "everett_mup", "sp_per_layer_lr", "adam_
                  "seq_len_warmup", "depth_warmup"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_config(method: str = "baseline", d_model: int = 32, n_layers: int = 2, n_heads: int = 2,
                 train: dict | None = None, sizes: dict | None = None, vocab: int = 64) -> dict:

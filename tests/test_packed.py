@@ -25,13 +25,6 @@ COMPARED = ("loss", "loss_total", "lr", "grad_norm", "val_loss", "attn_logit_max
 RTOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def bench(engine_bench):

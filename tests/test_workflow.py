@@ -7,7 +7,6 @@ tests reuse its results or use dry runs, so the suite stays fast.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
