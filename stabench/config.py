@@ -183,7 +183,7 @@ def run_config(benchmark: dict, *, method: str, size: str, lr: float, seed: int)
         "train": copy.deepcopy(benchmark["train"]),
         "optimizer": copy.deepcopy(benchmark["optimizer"]),
         "probes": copy.deepcopy(benchmark["probes"]),
-        # Every size of the benchmark, for methods defined relative to a base width (muP).
+        # Every size of the benchmark, for methods defined relative to a base width (width-relative LRs).
         # Not part of a run's identity: such methods record what they derive from it.
         "benchmark_sizes": copy.deepcopy(benchmark["sizes"]),
     }
