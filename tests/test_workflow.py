@@ -176,3 +176,14 @@ def test_gpu_profile_dry_run_takes_pool_slots(tmp_path):
                      "--config", "benchmark=smoke", "gpus=1", "runs_per_gpu=4")
     out = proc.stdout + proc.stderr
     assert "gpu_slots=1" in out and "--gpus 1 --runs-per-gpu 4" in out
+
+
+def test_pack_mode_trains_each_method_and_size_in_one_job(tmp_path):
+    """--config pack=1: one train_pack job per (method, size), holding all its LRs and seeds."""
+    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", "benchmark=smoke", "pack=1")
+    jobs = dict(line.split()[:2] for line in proc.stdout.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit())
+    assert int(jobs["train_pack"]) == len(bench["methods"]) * len(bench["sizes"])
+    assert "train" not in jobs
+    assert (proc.stdout + proc.stderr).count("--run ") == len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"])
