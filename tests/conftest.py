@@ -7,6 +7,7 @@ training test costs a second or two on a laptop CPU.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import textwrap
 import uuid
@@ -108,3 +109,22 @@ def tmp_methods(tmp_path, monkeypatch):
         return name
 
     return write
+
+
+@contextlib.contextmanager
+def crash_at_step(module, step: int):
+    """Make ``module.run_probes`` raise RuntimeError('killed') at ``step``: a crash right after
+    that step's optimizer update, for resume tests (the trainer and the packed trainer)."""
+    real = module.run_probes
+
+    def probes(ctx, extra=None):
+        if ctx.step == step:
+            raise RuntimeError("killed")
+        return real(ctx, extra)
+
+    module.run_probes = probes
+    try:
+        with pytest.raises(RuntimeError, match="killed"):
+            yield
+    finally:
+        module.run_probes = real

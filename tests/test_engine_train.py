@@ -19,6 +19,7 @@ from stabench.config import run_config
 from stabench.data import load_data, train_batch
 from stabench.model import GPT
 from stabench.trainer import DataMismatchError, train_run
+from conftest import crash_at_step
 
 
 METRIC_KEYS = {"final_val_loss", "init_loss", "diverged", "diverged_at_step", "steps", "tokens",
@@ -206,23 +207,10 @@ def test_same_seed_same_losses(engine_bench, reference, tmp_path, run_training):
 
 # ---- resume -------------------------------------------------------------------------------
 
-def _crash_at(monkeypatch, crash_step: int):
-    real = trainer.run_probes
-
-    def probes(ctx, extra=None):
-        if ctx.step == crash_step:
-            raise RuntimeError("killed")
-        return real(ctx, extra)
-
-    monkeypatch.setattr(trainer, "run_probes", probes)
-
-
 def test_resume_in_process_matches_uninterrupted(engine_bench, reference, tmp_path, monkeypatch, run_training):
     ref_out, ref = reference
-    with monkeypatch.context() as patch:
-        _crash_at(patch, 30)
-        with pytest.raises(RuntimeError, match="killed"):
-            run_training(tmp_path, lr=1e-2, seed=0)
+    with crash_at_step(trainer, 30):
+        run_training(tmp_path, lr=1e-2, seed=0)
     assert not (tmp_path / "metrics.json").exists()
     state = torch.load(tmp_path / CHECKPOINT_NAME, weights_only=True)
     assert state["step"] == 20 and state["finished"] is False
@@ -240,10 +228,8 @@ def test_resume_in_process_matches_uninterrupted(engine_bench, reference, tmp_pa
 
 
 def test_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch, run_training):
-    with monkeypatch.context() as patch:
-        _crash_at(patch, 30)
-        with pytest.raises(RuntimeError, match="killed"):
-            run_training(tmp_path, lr=1e-2, seed=0)
+    with crash_at_step(trainer, 30):
+        run_training(tmp_path, lr=1e-2, seed=0)
     other = run_training(tmp_path, lr=1e-3, seed=0)
     assert other["resumed_from_step"] is None
     assert other["steps"] == 40

@@ -18,7 +18,7 @@ from stabench.model import GPT, parameter_roles
 from stabench.optim import param_groups, warmup_cosine
 from stabench.trainer import TrainState
 
-from conftest import TINY_BENCHMARK
+from conftest import TINY_BENCHMARK, crash_at_step
 
 PAPER_METHODS = ["wesar", "small_init", "everett_mup", "sp_per_layer_lr", "adam_atan2", "eps_width_scaled",
                  "seq_len_warmup", "depth_warmup"]
@@ -478,17 +478,8 @@ def test_adam_atan2_run_resumes(engine_bench, tmp_path, monkeypatch, run_trainin
     bench = engine_bench.load(["train.steps=12", "train.warmup_steps=3", "train.probe_every=4",
                                "train.eval_every=12", "train.checkpoint_every=4"])
     reference = run_training(tmp_path / "ref", benchmark=bench, method="adam_atan2", lr=3e-3)
-    real = trainer.run_probes
-
-    def crash(ctx, extra=None):
-        if ctx.step == 8:
-            raise RuntimeError("killed")
-        return real(ctx, extra)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(trainer, "run_probes", crash)
-        with pytest.raises(RuntimeError, match="killed"):
-            run_training(tmp_path / "run", benchmark=bench, method="adam_atan2", lr=3e-3)
+    with crash_at_step(trainer, 8):
+        run_training(tmp_path / "run", benchmark=bench, method="adam_atan2", lr=3e-3)
     resumed = run_training(tmp_path / "run", benchmark=bench, method="adam_atan2", lr=3e-3)
     assert resumed["resumed_from_step"] == 4
     assert resumed["final_val_loss"] == reference["final_val_loss"]

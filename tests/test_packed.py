@@ -16,6 +16,8 @@ import torch
 import stabench.packed as packed
 from stabench.checkpoint import CHECKPOINT_NAME
 from stabench.config import run_config
+
+from conftest import crash_at_step
 from stabench.packed import can_pack, pack_groups, train_packed
 from stabench.runs import load_run_model
 from stabench.trainer import train_run
@@ -186,17 +188,8 @@ def test_killed_pack_resumes_and_matches(engine_bench, bench, tmp_path, monkeypa
     ref_outs = [tmp_path / "ref" / str(lr) for lr in lrs]
     ref = train_packed(configs, ref_outs, engine_bench.data_dir, progress=False)
     outs = [tmp_path / "killed" / str(lr) for lr in lrs]
-    real = packed.run_probes
-
-    def probes(ctx, extra=None):
-        if ctx.step == 15:
-            raise RuntimeError("killed")
-        return real(ctx, extra)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(packed, "run_probes", probes)
-        with pytest.raises(RuntimeError, match="killed"):
-            train_packed(configs, outs, engine_bench.data_dir, progress=False)
+    with crash_at_step(packed, 15):
+        train_packed(configs, outs, engine_bench.data_dir, progress=False)
     for out in outs:
         state = torch.load(out / CHECKPOINT_NAME, weights_only=True)
         assert state["step"] == 10 and state["finished"] is False
@@ -215,17 +208,8 @@ def test_train_run_resumes_a_packed_members_checkpoint(engine_bench, bench, sepa
     """A member's mid-run checkpoint is train_run's format: a group of one resumes with train_run."""
     lrs = [1e-3, 1e-2]
     outs = [tmp_path / str(lr) for lr in lrs]
-    real = packed.run_probes
-
-    def probes(ctx, extra=None):
-        if ctx.step == 15:
-            raise RuntimeError("killed")
-        return real(ctx, extra)
-
-    with monkeypatch.context() as patch:
-        patch.setattr(packed, "run_probes", probes)
-        with pytest.raises(RuntimeError, match="killed"):
-            train_packed([config(bench, "baseline", lr) for lr in lrs], outs, engine_bench.data_dir, progress=False)
+    with crash_at_step(packed, 15):
+        train_packed([config(bench, "baseline", lr) for lr in lrs], outs, engine_bench.data_dir, progress=False)
     resumed = train_run(config(bench, "baseline", lrs[1]), outs[1], engine_bench.data_dir, progress=False)
     assert resumed["resumed_from_step"] == 10
     single_out, single = separate("baseline", lrs[1])
