@@ -26,6 +26,7 @@ from stabench.eigen import (
     top_eigenpairs,
     unflatten,
     updated_mask,
+    verify,
 )
 
 TOL = 1e-3
@@ -130,6 +131,18 @@ def test_warm_start_after_a_small_change_takes_few_products():
     warm = top_eigenpair(lambda v: b @ v, cold.vector, max_products=200)
     assert warm.converged and warm.value == pytest.approx(exact, rel=TOL)
     assert warm.products <= 8 < cold.products
+
+
+def test_verify_flags_a_reading_of_an_inexact_operator():
+    a = symmetric(SPECTRA["indefinite_8x"], seed=1)
+    wrong = a + 0.05 * symmetric(torch.linspace(-1, 1, N), seed=9)   # a consistently wrong operator
+    r = top_eigenpair(lambda v: wrong @ v, rand(N, 2, torch.float64), max_products=200)
+    assert r.converged
+    bad = verify(lambda v: a @ v, r)
+    assert math.isnan(bad.value) and not bad.converged and bad.products == r.products + 1 and bad.residual > TOL
+    good = top_eigenpair(lambda v: a.float() @ v, rand(N, 2), max_products=200)
+    checked = verify(lambda v: a @ v.double(), good)
+    assert checked.converged and checked.value == good.value and checked.residual <= TOL
 
 
 def test_lockstep_members_agree_with_separate_solves():
