@@ -102,7 +102,7 @@ Precision: build the operator in float64 on small models
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
@@ -122,7 +122,7 @@ class EigenResult:
     """
 
     value: float
-    vector: torch.Tensor
+    vector: torch.Tensor = field(repr=False)
     products: int
     converged: bool
     residual: float
