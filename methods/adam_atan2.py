@@ -13,10 +13,11 @@ form; the engine puts the independent-decay coefficient into the group's weight_
     p <- p - lr * a * atan2(m / (1 - beta1^t), b * sqrt(v / (1 - beta2^t)))
 
 Choices: a = 1.27 (about 4/pi) and b = 1, the setting Everett et al. recommend (args); betas
-from optimizer.betas; the groups' eps is ignored. Parameters without a gradient are skipped
-(no decay, no step count), like torch's AdamW. The step count is per parameter (Python int,
-so checkpoints load with weights_only). Because a = 1.27 scales every step, the peak LR
-means something else than for AdamW: CHANGES_LR_MEANING.
+from optimizer.betas; eps is ignored. It is an element-wise update rule (the engine applies
+it to every member's parameters at once and skips locked ones, like AdamW). Because
+a = 1.27 scales every step, the peak LR means something else than for AdamW:
+CHANGES_LR_MEANING. Its preconditioner, for the curvature probe, is that of the update
+linearized at m = 0: a * atan2(m, b s) ~ (a / b) m / s, so P = b sqrt(v_hat) / a.
 """
 
 from __future__ import annotations
@@ -28,51 +29,38 @@ CHANGES_LR_MEANING = True
 ARGS = {"a": 1.27, "b": 1.0}
 
 
-class AdamAtan2(torch.optim.Optimizer):
-    """AdamW with the atan2 update; param groups may carry extra keys (lr_mult, names, eps)."""
+class AdamAtan2:
+    """The atan2 update on stacked tensors (``stabench.contract.UpdateRule``)."""
 
-    def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.95), weight_decay: float = 0.0,
-                 a: float = 1.27, b: float = 1.0):
-        if lr < 0 or weight_decay < 0 or a <= 0 or b <= 0:
-            raise ValueError(f"invalid Adam-atan2 setting: lr={lr}, weight_decay={weight_decay}, a={a}, b={b}")
-        if not all(0.0 <= beta < 1.0 for beta in betas):
-            raise ValueError(f"invalid betas {betas}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay, a=a, b=b))
+    state_names = ("exp_avg", "exp_avg_sq")
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd, a, b = group["lr"], group["weight_decay"], group["a"], group["b"]
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad
-                if grad.is_sparse:
-                    raise RuntimeError("Adam-atan2 does not support sparse gradients")
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] = int(state["step"]) + 1
-                step = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                if wd:
-                    p.mul_(1 - lr * wd)
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1 ** step)
-                denom = exp_avg_sq.div(1 - beta2 ** step).sqrt_().mul_(b)
-                p.add_(torch.atan2(m_hat, denom), alpha=-lr * a)
-        return loss
+    def __init__(self, a: float = 1.27, b: float = 1.0):
+        if a <= 0 or b <= 0:
+            raise ValueError(f"adam_atan2: a and b must be > 0, got a={a}, b={b}")
+        self.a, self.b = float(a), float(b)
+
+    def _scale(self, state, h):
+        beta1, beta2 = h.betas
+        m_hat = state["exp_avg"] / (1 - beta1 ** h.step)
+        s = (state["exp_avg_sq"] / (1 - beta2 ** h.step)).sqrt()
+        return m_hat, s
+
+    def update(self, param, grad, state, h) -> None:
+        beta1, beta2 = h.betas
+        if not (isinstance(h.weight_decay, float) and h.weight_decay == 0.0):
+            param.mul_(1 - h.lr * h.weight_decay)
+        state["exp_avg"].lerp_(grad, 1 - beta1)
+        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m_hat, s = self._scale(state, h)
+        param.sub_(torch.atan2(m_hat, s.mul_(self.b)) * (h.lr * self.a))
+
+    def direction(self, state, h) -> torch.Tensor:
+        m_hat, s = self._scale(state, h)
+        return self.a * torch.atan2(m_hat, self.b * s)
+
+    def preconditioner(self, state, h) -> torch.Tensor:
+        return self.b * self._scale(state, h)[1] / self.a
 
 
-def build_optimizer(param_groups, config, args):
-    opt = config["optimizer"]
-    return AdamAtan2(param_groups, lr=config["lr"], betas=tuple(opt["betas"]),
-                     weight_decay=opt["weight_decay"], a=float(args["a"]), b=float(args["b"]))
+def update_rule(config, args):
+    return AdamAtan2(float(args["a"]), float(args["b"]))

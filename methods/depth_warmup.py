@@ -16,18 +16,18 @@ every ``every`` steps. The paper unlocks a group every 500 of ~1e5 steps; our ru
 so ``every`` defaults to the spacing that has the last group unlocked by ``finish`` = 0.5 of
 train.steps: every = max(1, floor((finish * steps - start - 1) / (groups - 1))).
 
-Unlocking (``on_step`` after the step that ends a phase): the block's q, k, v and MLP up
-weights get back the values they had at initialization (the model's init after earlier
-methods' transforms, kept on the CPU), attention out and MLP down stay zero, so the block is
-still an exact identity when it joins and the loss is continuous; out and down receive
-gradients at once, q, k, v, up from the next step on. Then requires_grad is switched on; Adam
-state starts fresh for them.
+Unlocking (``on_step`` after the step that ends a phase, for every member at once): the
+block's q, k, v and MLP up weights get back the values they had at initialization (the
+model's init after earlier methods' transforms, kept as buffers ``depth_warmup_init__*``),
+attention out and MLP down stay zero, so the block is still an exact identity when it joins
+and the loss is continuous; out and down receive gradients at once, q, k, v, up from the
+next step on. Then requires_grad is switched on; their optimizer state starts fresh (its
+step count starts at 1, as torch's AdamW's would).
 
 Resume: the number of active blocks is a buffer of the model (``depth_warmup_active``) saved
 in checkpoints; a load_state_dict post-hook unlocks the blocks it names without re-init.
 Composition: no exclusive hooks. List depth_warmup after methods that re-initialize weights
-(wesar, small_init, ...) so it captures and zeroes their init. With several processes (DDP)
-parameters that start frozen are not synchronized by DDP: single-process only for now.
+(wesar, small_init, ...) so it captures and zeroes their init.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ import math
 import torch
 from torch import nn
 
+from stabench.contract import Probe, ProbeFamily
 from stabench.model import parameter_roles
 
 VERSION = "1"
 ARGS = {"initial": None, "group_size": 1, "start": None, "every": None, "finish": 0.5}
 BUFFER = "depth_warmup_active"
 ZERO_AT_UNLOCK = ("attn.out.", "mlp.down.")
-STATE = "_depth_warmup_state"
 
 
 def active_blocks_at(step: int, n_layers: int, initial: int, start: int, every: int, group_size: int = 1) -> int:
@@ -71,33 +71,33 @@ def schedule(config: dict, args: dict, n_layers: int | None = None) -> dict:
 
 
 def _block_hidden(model, index: int) -> dict[str, nn.Parameter]:
-    """name (inside the block) -> weight matrices (role hidden) of block ``index``."""
+    """name (inside the model) -> weight matrices (role hidden) of block ``index``."""
     prefix = f"blocks.{index}."
     roles = parameter_roles(model)
-    return {name[len(prefix):]: p for name, p in model.named_parameters()
-            if name.startswith(prefix) and roles[name] == "hidden"}
+    return {name: p for name, p in model.named_parameters() if name.startswith(prefix) and roles[name] == "hidden"}
 
 
-def _set_active(model, n_active: int) -> None:
-    model.active_blocks = n_active
-    getattr(model, BUFFER).fill_(n_active)
+def _init_buffer(name: str) -> str:
+    return "depth_warmup_init__" + name.replace(".", "__")
+
+
+def _restored(name: str, index: int) -> bool:
+    """Whether an unlock restores this weight's init (q, k, v, MLP up) or keeps it zero (out, down)."""
+    return not name[len(f"blocks.{index}."):].startswith(ZERO_AT_UNLOCK)
 
 
 def _unlock(model, index: int, restore: bool) -> None:
-    block = model.blocks[index]
-    snapshot = model.__dict__[STATE]["snapshot"].pop(index, {})
-    if restore:
-        with torch.no_grad():
-            for name, p in _block_hidden(model, index).items():
-                if not name.startswith(ZERO_AT_UNLOCK) and name in snapshot:
-                    p.copy_(snapshot[name].to(p.device, p.dtype))
-    for p in block.parameters():
+    with torch.no_grad():
+        for name, p in _block_hidden(model, index).items():
+            if restore and _restored(name, index):
+                p.copy_(model.get_buffer(_init_buffer(name)))
+    for p in model.blocks[index].parameters():
         p.requires_grad_(True)
 
 
 def _after_load(model, incompatible_keys) -> None:
     """After load_state_dict: unlock (without re-init) the blocks the loaded buffer says are active."""
-    n_active = int(getattr(model, BUFFER))
+    n_active = int(getattr(model, BUFFER).max())
     for index in range(model.active_blocks, n_active):
         _unlock(model, index, restore=False)
     model.active_blocks = max(model.active_blocks, n_active)
@@ -107,33 +107,32 @@ def _after_load(model, incompatible_keys) -> None:
 def transform_model(model, config, args):
     plan = schedule(config, args, len(model.blocks))
     initial = plan["initial"]
-    snapshot = {}
     for index in range(initial, plan["n_layers"]):
-        hidden = _block_hidden(model, index)
-        snapshot[index] = {name: p.detach().to("cpu", copy=True) for name, p in hidden.items()
-                           if not name.startswith(ZERO_AT_UNLOCK)}
-        for p in hidden.values():
+        for name, p in _block_hidden(model, index).items():
+            if _restored(name, index):
+                model.register_buffer(_init_buffer(name), p.detach().clone())
             p.zero_()
         for p in model.blocks[index].parameters():
             p.requires_grad_(False)
-    model.__dict__[STATE] = {"snapshot": snapshot, "plan": plan}
-    model.register_buffer(BUFFER, torch.tensor(initial, device=model.tok_emb.weight.device))
+    model.register_buffer(BUFFER, torch.full((model.members,), initial, device=model.tok_emb.weight.device))
     model.active_blocks = initial
     model.register_load_state_dict_post_hook(_after_load)
 
 
-def on_step(step, state, args):
-    model = state.model
-    plan = model.__dict__[STATE]["plan"]
-    target = active_blocks_at(step + 1, plan["n_layers"], plan["initial"], plan["start"], plan["every"],
+def on_step(ctx, args):
+    model = ctx.model
+    plan = schedule(ctx.config, args, len(model.blocks))
+    target = active_blocks_at(ctx.step + 1, plan["n_layers"], plan["initial"], plan["start"], plan["every"],
                               plan["group_size"])
     if target <= model.active_blocks:
         return
     for index in range(model.active_blocks, target):
         _unlock(model, index, restore=True)
-    _set_active(model, target)
+    model.active_blocks = target
+    getattr(model, BUFFER).fill_(target)
 
 
 def probes(args):
-    """How many blocks were active at each probe step."""
-    return {"active_blocks": lambda ctx: {"active_blocks": ctx.model.active_blocks}}
+    """How many blocks ran in each probe step's forward (before an unlock after that step)."""
+    return {"active_blocks": Probe(lambda ctx: {"active_blocks": ctx.model.active_blocks},
+                                   ProbeFamily("active blocks", headline="active_blocks"))}

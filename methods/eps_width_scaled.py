@@ -11,8 +11,8 @@ layer's gradient scale, with the constant tuned at a base width n0:
 Choices: the ratio is each layer's fan-in at the base width over its fan-in now (for the MLP
 down projection 4 n0 / 4n), so the method equals the baseline at the base width and only
 the width scaling changes; eps_base is the run's optimizer.eps (arg ``eps_base`` overrides).
-Base width n0: arg ``base_width``, else the smallest d_model in ``config['benchmark_sizes']``,
-else the run's own d_model. Applied through param_options ``eps`` (works with AdamW and any
+Base width n0: arg ``base_width``, else the smallest d_model of the benchmark's sizes (found
+by ``configure`` and recorded in the args). Applied through param_options ``eps`` (works with AdamW and any
 optimizer that reads a group's eps). LR meaning is unchanged.
 """
 
@@ -26,9 +26,14 @@ ARGS = {"base_width": None, "eps_base": None}
 SCALED_ROLES = ("hidden", "readout")
 
 
+def configure(config, args):
+    """Record the base width (arg, else the benchmark's smallest d_model) in the args, so it is
+    part of the run's identity: adding a smaller size to the benchmark retrains this run."""
+    args["base_width"] = shared_base_width(config, args.get("base_width"))
+
+
 def base_width(config: dict, args: dict) -> int:
-    """Arg base_width, else the smallest d_model among the benchmark's sizes, else this run's."""
-    return shared_base_width(config, args.get("base_width"))
+    return args["base_width"]
 
 
 def layer_eps(config: dict, args: dict) -> dict[str, float]:

@@ -16,8 +16,8 @@ width the method is exactly the baseline, and at width n the effective embedding
 1/sqrt(n0), the effective readout std is sqrt(n0)/n (Wortsman's full-muP readout), hidden
 LRs fall as 1/r, embedding and readout LRs as 1/sqrt(r).
 
-Base width n0: arg ``base_width``, else the smallest d_model of the benchmark's sizes
-(``config['benchmark_sizes']``), else the run's own d_model (then muP = baseline).
+Base width n0: arg ``base_width``, else the smallest d_model of the benchmark's sizes (found
+by ``configure`` and recorded in the args).
 Choices: multipliers are constant ``torch.nn.utils.parametrize`` factors on tok_emb, pos_emb
 (the learned positions count as an embedding) and head, registered only where r^-a != 1;
 raw weights are rescaled from the engine's draw (factor 1 with the table above); norm gains
@@ -34,7 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from stabench.model import parameter_roles
+from stabench.model import Embedding, Linear, parameter_roles
 from stabench.methods import base_width as shared_base_width
 
 VERSION = "1"
@@ -47,9 +47,14 @@ EXPONENTS = {
 }
 
 
+def configure(config, args):
+    """Record the base width (arg, else the benchmark's smallest d_model) in the args, so it is
+    part of the run's identity: adding a smaller size to the benchmark retrains this run."""
+    args["base_width"] = shared_base_width(config, args.get("base_width"))
+
+
 def base_width(config: dict, args: dict) -> int:
-    """Arg base_width, else the smallest d_model among the benchmark's sizes, else this run's."""
-    return shared_base_width(config, args.get("base_width"))
+    return args["base_width"]
 
 
 class Multiplier(nn.Module):
@@ -71,7 +76,7 @@ def layer_modules(model) -> list[tuple[str, nn.Module, str]]:
     roles = parameter_roles(model)
     out = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Linear, nn.Embedding)):
+        if not isinstance(module, (Linear, Embedding)):
             continue
         key = f"{name}.parametrizations.weight.original" if parametrize.is_parametrized(module, "weight") \
             else f"{name}.weight"

@@ -11,8 +11,8 @@ It changes what the peak LR means, so compare it by best loss as well as LR sens
 
 Choices:
 - The base width is found as in ``mup_simple`` (arg ``base_width``, else the benchmark's
-  smallest d_model, else the run's own) and recorded in ``config['mup']``; the base width
-  and the hidden LR rule are imported from ``mup_simple``, so the two cannot drift apart.
+  smallest d_model) and recorded in the args; the base width and the hidden LR rule are
+  imported from ``mup_simple``, so the two cannot drift apart.
 - The head keeps its truncated normal (cut at 2 std, rescaled to the target std), like every
   other weight of the baseline; fan_in = d_model and base_fan_in = base_width.
 - Embeddings, head LR, norm gains and weight decay are unchanged; head_dim is fixed across

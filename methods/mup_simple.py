@@ -14,34 +14,27 @@ Choices:
   projection). The multiplier is therefore base_width / d_model for every hidden matrix
   (this assumes, as in this GPT, that every hidden fan_in is proportional to d_model).
 - base_width: the ``base_width`` arg when set, else the smallest d_model among the
-  benchmark's sizes (``config['benchmark_sizes']``), else the run's own d_model (multiplier
-  1). The configure hook records it in ``config['mup']``, so it is part of the run's config.
+  benchmark's sizes; the configure hook records it in the args, so it is part of the run's
+  identity (adding a smaller size to the benchmark retrains this run).
 - Weight decay is left as configured (independent decay is already LR-independent).
 """
 
 from stabench.methods import base_width as shared_base_width
-from stabench.model import parameter_roles
+from stabench.model import MATRIX_NDIM, parameter_roles
 
 VERSION = "1"
 ARGS = {"base_width": None}
 CHANGES_LR_MEANING = True
 
 
-def base_width(config, args) -> int:
-    """The width the LR is tuned at: the arg, else the benchmark's smallest, else this run's."""
-    return shared_base_width(config, args.get("base_width"))
+def configure(config, args):
+    """Record the width the LR is tuned at (the arg, else the benchmark's smallest d_model)."""
+    args["base_width"] = shared_base_width(config, args.get("base_width"))
 
 
 def mup_widths(config, args) -> tuple[int, int]:
-    """(base_width, d_model) as recorded by configure, or derived when it has not run."""
-    recorded = config.get("mup")
-    if recorded:
-        return recorded["base_width"], recorded["d_model"]
-    return base_width(config, args), config["model"]["d_model"]
-
-
-def configure(config, args):
-    config["mup"] = {"base_width": base_width(config, args), "d_model": config["model"]["d_model"]}
+    """(base_width, d_model) of the run."""
+    return args["base_width"], config["model"]["d_model"]
 
 
 def hidden_lr_mults(model, config, args) -> dict:
@@ -50,8 +43,8 @@ def hidden_lr_mults(model, config, args) -> dict:
     roles = parameter_roles(model)
     options = {}
     for name, param in model.named_parameters():
-        if roles[name] == "hidden" and param.ndim == 2:
-            fan_in = param.shape[1]  # nn.Linear weights are (out_features, in_features)
+        if roles[name] == "hidden" and param.ndim == MATRIX_NDIM:
+            fan_in = param.shape[2]  # weights are (members, out_features, in_features)
             base_fan_in = base * fan_in / d_model
             options[name] = {"lr_mult": base_fan_in / fan_in}
     return options

@@ -9,7 +9,7 @@ Choices: LayerNorm over head_dim with a learnable gain of size head_dim shared a
 norm parameters, so they are not weight-decayed.
 """
 
-from torch import nn
+from stabench.model import LayerNorm
 
 VERSION = "1"
 
@@ -17,7 +17,6 @@ VERSION = "1"
 def transform_model(model, config, args):
     eps = config["model"]["ln_eps"]
     for block in model.blocks:
-        head_dim = block.attn.head_dim
         device = block.attn.q.weight.device
-        block.attn.q_norm = nn.LayerNorm(head_dim, eps=eps, bias=False, device=device)
-        block.attn.k_norm = nn.LayerNorm(head_dim, eps=eps, bias=False, device=device)
+        block.attn.q_norm = LayerNorm(block.attn.head_dim, eps, model.members).to(device)
+        block.attn.k_norm = LayerNorm(block.attn.head_dim, eps, model.members).to(device)

@@ -20,7 +20,7 @@ min_lr at the last step as the baseline's does (arg ``decay_tokens: full`` decay
 steps * B * T tokens instead, as if every step were full length; the LR then never reaches
 its minimum). Early short-sequence steps see fewer tokens, so the warm-up also spans more
 steps. The LR of step s uses the tokens seen through step s (its own batch included), as the
-step schedule uses the 1-based step. Token counts cover all data-parallel processes (``train.world_size``, set by the trainer).
+step schedule uses the 1-based step. Token counts cover the global batch (all processes).
 
 Defaults chosen: start 8 (the paper's start for small models), ``steps`` = ``fraction`` 0.3
 of train.steps when not given (the paper warms up over a few percent to a third of training
@@ -33,9 +33,10 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from stabench.optim import warmup_cosine
+from stabench.contract import Probe, ProbeFamily
+from stabench.schedule import warmup_cosine
 
-VERSION = "1"
+VERSION = "2"
 ARGS = {"start": 8, "steps": None, "fraction": 0.3, "schedule": "linear", "root": 2.0,
         "multiple": 8, "decay_tokens": "run"}
 SCHEDULES = ("linear", "root")
@@ -90,26 +91,25 @@ def configure(config, args):
 
 
 def transform_batch(batch, step, config, args):
-    """(B, T + 1) token windows -> (B, L + 1): the first L + 1 tokens of each window."""
+    """(members, B, T + 1) token windows -> (members, B, L + 1): the first L + 1 tokens of each."""
     length = _length(step, config, args)
-    return batch[:, : length + 1]
+    return batch[..., : length + 1]
 
 
 def lr_schedule(step, tokens, config, args):
-    """LR multiplier of the peak from tokens seen: warm-up and cosine on tokens."""
+    """The LR from tokens seen: warm-up and cosine on tokens (``tokens``: before this step)."""
     train = config["train"]
-    world = int(train.get("world_size", 1))  # data-parallel processes; the trainer records it
-    per_row = world * train["batch_size"]
+    per_row = train["batch_size"]  # the global batch
     warmup = train["warmup_steps"] * per_row * train["seq_len"]
     if args["decay_tokens"] == "run":
         total = per_row * run_tokens_per_row(config, args)
     else:
         total = per_row * train["steps"] * train["seq_len"]
     seen = tokens + per_row * _length(step, config, args)  # including this step's batch, as step is 1-based
-    peak = config["lr"]
-    return warmup_cosine(seen, warmup, total, peak, train["min_lr"]) / peak
+    return warmup_cosine(seen, warmup, total, config["lr"], train["min_lr"])
 
 
 def probes(args):
     """The training sequence length of each probe step (what the schedule did)."""
-    return {"seq_len": lambda ctx: {"seq_len": ctx.batch.shape[1] - 1}}
+    return {"seq_len": Probe(lambda ctx: {"seq_len": ctx.batch.shape[-1] - 1},
+                             ProbeFamily("training sequence length", headline="seq_len"))}

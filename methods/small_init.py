@@ -17,6 +17,8 @@ import math
 import torch
 from torch import nn
 
+from stabench.model import Embedding, Linear
+
 VERSION = "1"
 
 
@@ -28,5 +30,5 @@ def small_init_std(d_model: int) -> float:
 def transform_model(model, config, args):
     std = small_init_std(model.tok_emb.embedding_dim)
     for module in model.modules():
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (Linear, Embedding)):
             nn.init.normal_(module.weight, std=std)

@@ -16,8 +16,9 @@ MLP down projection) and 1/r (readout). At the base width the method equals the 
 
 Choices: init is the engine's baseline (embedding N(0, 1/d), others 1/sqrt(fan_in)); only the
 LR exponents change. Norm gains and other vectors keep multiplier 1. Base width n0: arg
-``base_width``, else the smallest d_model in ``config['benchmark_sizes']``, else the run's
-own d_model. Parameters added by other methods with role hidden get the hidden exponent.
+``base_width``, else the smallest d_model of the benchmark's sizes (found by ``configure`` and
+recorded in the args). Parameters added by other methods with role hidden get the hidden
+exponent.
 """
 
 from __future__ import annotations
@@ -35,9 +36,14 @@ EXPONENTS = {
 }
 
 
+def configure(config, args):
+    """Record the base width (arg, else the benchmark's smallest d_model) in the args, so it is
+    part of the run's identity: adding a smaller size to the benchmark retrains this run."""
+    args["base_width"] = shared_base_width(config, args.get("base_width"))
+
+
 def base_width(config: dict, args: dict) -> int:
-    """Arg base_width, else the smallest d_model among the benchmark's sizes, else this run's."""
-    return shared_base_width(config, args.get("base_width"))
+    return args["base_width"]
 
 
 def param_options(model, config, args):

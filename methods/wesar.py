@@ -20,8 +20,9 @@ Choices the paper leaves open:
   so gates adapt slowly and need no extra damping; a separate factor is an arg for sweeps.
 - Gates are tagged with role "gate": no weight decay on them; W keeps its decay.
 - Raw W are plain (untruncated) normal; the implementation is a
-  ``torch.nn.utils.parametrize`` parametrization holding alpha, so checkpoints store W and
-  alpha separately and other methods see a plain parametrized nn.Linear.
+  ``torch.nn.utils.parametrize`` parametrization holding alpha (one per member: shape
+  (members, 1, 1)), so checkpoints store W and alpha separately and other methods see a
+  plain parametrized Linear.
 Probe ``wesar_gates``: the gate value of every matrix, columns ``gate/<module>``.
 
 It changes what the peak LR means: Adam moves each raw W by about lr per step, so the
@@ -38,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from stabench.contract import Probe, ProbeFamily
 from stabench.model import ROLE_ATTRIBUTE
 
 VERSION = "1"
@@ -46,11 +48,11 @@ ARGS = {"sigma2": 4e-5, "gate_lr_mult": 1.0, "embedding_init": "sigma"}
 
 
 class Gate(nn.Module):
-    """W -> alpha * W with one trainable scalar alpha."""
+    """W -> alpha * W with one trainable scalar alpha per member: alpha (members, 1, 1)."""
 
-    def __init__(self, value: float, device=None):
+    def __init__(self, value: float, members: int = 1, device=None):
         super().__init__()
-        self.alpha = nn.Parameter(torch.tensor(float(value), device=device))
+        self.alpha = nn.Parameter(torch.full((members, 1, 1), float(value), device=device))
         setattr(self.alpha, ROLE_ATTRIBUTE, "gate")
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -96,7 +98,8 @@ def transform_model(model, config, args):
         if parametrize.is_parametrized(module, "weight"):
             raise ValueError(f"wesar: {name}.weight is already parametrized by another method; list wesar first")
         nn.init.normal_(module.weight, std=sigma)
-        parametrize.register_parametrization(module, "weight", Gate(target / sigma, device=module.weight.device))
+        parametrize.register_parametrization(module, "weight",
+                                             Gate(target / sigma, model.members, device=module.weight.device))
     if args["embedding_init"] == "sigma":
         nn.init.normal_(model.tok_emb.weight, std=sigma)
         nn.init.normal_(model.pos_emb.weight, std=sigma)
@@ -111,5 +114,6 @@ def param_options(model, config, args):
 
 def probes(args):
     def wesar_gates(ctx):
-        return {f"gate/{name}": _gate(module).alpha.detach() for name, module in gated_modules(ctx.model).items()}
-    return {"wesar_gates": wesar_gates}
+        return {f"gate/{name}": _gate(module).alpha.detach().reshape(-1)
+                for name, module in gated_modules(ctx.model).items()}
+    return {"wesar_gates": Probe(wesar_gates, ProbeFamily("WeSaR gates alpha (mean over matrices)"))}

@@ -13,4 +13,4 @@ ARGS = {"coef": 1e-4}
 
 
 def loss(ctx, args):
-    return args["coef"] * ctx.log_z.square().mean()
+    return args["coef"] * ctx.member_mean(ctx.log_z.square())

@@ -1,32 +1,30 @@
-"""Checkpoints: everything needed to resume a run bit-for-bit, loadable with weights_only.
+"""Checkpoints: one per run folder, everything needed to resume the run bit-for-bit.
 
-Contents: model and optimizer state, torch RNG states, the step, the history rows so far, the
-on-device loss accumulators and timers, and a hash of the run config, so a checkpoint left
-by a different config is never resumed by mistake. Only tensors, numbers, strings, lists and
-dicts are stored: ``torch.load(..., weights_only=True)`` can read it without executing code.
+A member of a pack and a separate run save the same payload (K = 1 tensors): model and
+optimizer state, the step, tokens, history rows and per-step losses so far, timers, torch's
+RNG state, and the run's identity (``stabench.runspec.run_identity``), so a checkpoint left
+by a different run is never resumed by mistake. Only tensors, numbers, strings, lists and
+dicts are stored: ``torch.load(..., weights_only=True)`` reads it without executing code.
+
+The previous checkpoint is kept as ``checkpoint.prev.pt``: a damaged (truncated, corrupt)
+checkpoint is reported in one line and the run resumes from the previous one, or from
+scratch when both are unreadable.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
+
+import os
+import sys
 
 import torch
 
 from .io import save_torch
 
 CHECKPOINT_NAME = "checkpoint.pt"
-
-# Settings that change how a run is observed or stored, not what it computes.
-_NOT_HASHED = {"checkpoint_every", "device", "world_size"}
-
-
-def config_hash(config: dict) -> str:
-    observed = {k: v for k, v in config.items() if k != "benchmark_sizes"}
-    observed["train"] = {k: v for k, v in config["train"].items() if k not in _NOT_HASHED}
-    return hashlib.sha256(json.dumps(observed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+PREVIOUS_NAME = "checkpoint.prev.pt"
 
 
 def rng_state() -> dict[str, Any]:
@@ -43,15 +41,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> None:
-    save_torch(Path(out_dir) / CHECKPOINT_NAME, {**payload, "rng": rng_state()})
-
-
-def load_checkpoint(out_dir: Path, expected_hash: str) -> dict[str, Any] | None:
-    """The checkpoint in ``out_dir`` if it belongs to this config, else None."""
     path = Path(out_dir) / CHECKPOINT_NAME
-    if not path.is_file():
+    if path.is_file():
+        os.replace(path, Path(out_dir) / PREVIOUS_NAME)
+    save_torch(path, {**payload, "rng": rng_state()})
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError("not a stabench checkpoint")
+        return state
+    except Exception as exc:  # noqa: BLE001 (any damage: report it and fall back)
+        print(f"stabench: {path} is damaged ({str(exc).splitlines()[0][:120]}); not resuming from it",
+              file=sys.stderr)
         return None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if state.get("config_hash") != expected_hash:
-        return None
-    return state
+
+
+def read_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint of ``out_dir`` (the previous one if the last is damaged)."""
+    for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
+        path = Path(out_dir) / name
+        if path.is_file():
+            state = _read(path)
+            if state is not None:
+                return state
+    return None

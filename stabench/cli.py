@@ -15,15 +15,15 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import ConfigError, load_benchmark, method_specs, run_config, size_config
+from .config import ConfigError, load_benchmark, method_specs, size_config
 from .data import DataError, prepare_data
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
+from .loop import DataMismatchError, train
 from .methods import MethodError, known_methods, load_module, load_stack
-from .packed import can_pack, train_packed
 from .provenance import method_docs, provenance
+from .runspec import resolve_run
 from .speed import run_speed, shape_sizes
-from .trainer import DataMismatchError, train_run
 
 USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
 
@@ -79,18 +79,27 @@ def training_benchmark(args) -> dict:
     return load_benchmark(args.benchmark, args.set)
 
 
+def world_size() -> int:
+    """Processes of this launch (``accelerate launch`` sets WORLD_SIZE), part of a run's identity."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def report(metrics: dict, out: Path) -> str:
+    status = f"diverged at step {metrics['diverged_at_step']}" if metrics["diverged"] else "finished"
+    return (f"{metrics['method']} {metrics['size']} lr={metrics['lr']:g} seed={metrics['seed']}: {status}; "
+            f"val loss {metrics['final_val_loss']:.4f} (init {metrics['init_loss']:.4f}), "
+            f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.1f} s -> {out}")
+
+
 def cmd_train(args) -> int:
     if args.gpus:
         return launch_on_gpus(args, args.argv)
     benchmark = training_benchmark(args)
-    config = run_config(benchmark, method=args.method, size=args.size, lr=args.lr, seed=args.seed)
-    load_stack(config["method_spec"]["use"], config["method_spec"]["args"])  # fail fast on bad methods
+    run = resolve_run(benchmark, method=args.method, size=args.size, lr=args.lr, seed=args.seed,
+                      world_size=world_size())
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
-    metrics = train_run(config, args.out, data_dir, progress=not args.no_progress)
-    status = f"diverged at step {metrics['diverged_at_step']}" if metrics["diverged"] else "finished"
-    print(f"{args.method} {args.size} lr={args.lr:g} seed={args.seed}: {status}; "
-          f"val loss {metrics['final_val_loss']:.4f} (init {metrics['init_loss']:.4f}), "
-          f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.1f} s -> {args.out}")
+    metrics, = train([run], [args.out], data_dir, progress=not args.no_progress)
+    print(report(metrics, args.out))
     return 0
 
 
@@ -106,17 +115,16 @@ def cmd_train_pack(args) -> int:
     if args.gpus:
         return launch_on_gpus(args, args.argv)
     benchmark = training_benchmark(args)
-    runs = [parse_pack_run(text) for text in args.run]
-    configs = [run_config(benchmark, method=args.method, size=args.size, lr=lr, seed=seed) for lr, seed, _ in runs]
-    load_stack(configs[0]["method_spec"]["use"], configs[0]["method_spec"]["args"])
+    members = [parse_pack_run(text) for text in args.run]
+    runs = [resolve_run(benchmark, method=args.method, size=args.size, lr=lr, seed=seed, world_size=world_size())
+            for lr, seed, _ in members]
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
-    packable, reason = can_pack(configs)
-    print(f"{args.method} {args.size}: {len(configs)} runs "
-          + ("packed into one batched ensemble" if packable else f"trained one by one ({reason})"), file=sys.stderr)
-    for metrics, (lr, seed, out) in zip(train_packed(configs, [o for *_, o in runs], data_dir,
-                                                     progress=not args.no_progress), runs):
-        status = f"diverged at step {metrics['diverged_at_step']}" if metrics["diverged"] else "finished"
-        print(f"{args.method} {args.size} lr={lr:g} seed={seed}: {status}; val loss {metrics['final_val_loss']:.4f} -> {out}")
+    reason = runs[0].stack.unpackable_reason()
+    print(f"{args.method} {args.size}: {len(runs)} runs "
+          + (f"trained one at a time ({reason})" if reason else "trained together as one ensemble"), file=sys.stderr)
+    for metrics, (_, _, out) in zip(train(runs, [o for *_, o in members], data_dir, progress=not args.no_progress),
+                                    members):
+        print(report(metrics, out))
     return 0
 
 

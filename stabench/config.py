@@ -165,26 +165,3 @@ def size_config(benchmark: dict, size: str) -> dict:
     if dims["d_model"] % dims["n_heads"]:
         raise ConfigError(f"sizes.{size}: d_model {dims['d_model']} is not divisible by n_heads {dims['n_heads']}")
     return dims
-
-
-def run_config(benchmark: dict, *, method: str, size: str, lr: float, seed: int) -> dict:
-    """The fully resolved settings of one run (before methods' configure hooks)."""
-    specs = method_specs(benchmark)
-    spec = specs.get(method, {"use": method, "args": {}})
-    return {
-        "benchmark": benchmark["name"],
-        "method": method,
-        "method_spec": spec,
-        "size": size,
-        "lr": float(lr),
-        "seed": int(seed),
-        "data": copy.deepcopy(benchmark["data"]),
-        "model": {**benchmark["model"], **size_config(benchmark, size)},
-        "train": copy.deepcopy(benchmark["train"]),
-        "optimizer": copy.deepcopy(benchmark["optimizer"]),
-        "probes": copy.deepcopy(benchmark["probes"]),
-        # Every size of the benchmark, for methods defined relative to a base width (width-relative LRs).
-        # Not part of a run's identity: such methods record what they derive from it.
-        "benchmark_sizes": copy.deepcopy(benchmark["sizes"]),
-    }
-

@@ -1,55 +1,27 @@
-"""The method contract: find method files, check them, and compose their hooks.
+"""Find method files, check them against the contract, and compose their hooks.
 
-A method is one file ``methods/<name>.py``. The engine imports it by file name (no registry
-to edit) and reads:
-
-- the module docstring (required): what it does, which paper, which choices were made;
-- ``VERSION`` (required, str): recorded in every run's metrics;
-- ``ARGS`` (optional dict): argument names and defaults; the benchmark file may override
-  them (``{use: name, args: {name: {key: value}}}``), unknown names are an error;
-- ``CHANGES_LR_MEANING`` (optional bool): the method rescales what "peak LR" means
-  (parameterizations, optimizers), so LR sensitivity compares it unfairly;
-- any of the hooks below, as module-level functions. ``args`` is the merged argument dict.
-
-==================  =========  ==============================================================
-hook                kind       signature and purpose
-==================  =========  ==============================================================
-configure           composed   ``configure(config, args)``: edit the resolved run config
-transform_model     composed   ``transform_model(model, config, args)``: swap modules, wrap
-                               weights, re-initialize (in place)
-param_options       composed   ``param_options(model, config, args) -> {param_name: opts}``;
-                               opts may hold ``lr_mult`` (multiplied across methods),
-                               ``weight_decay``, ``eps``, ``trainable`` (False keeps it out of
-                               the optimizer); two methods giving one key two values fail
-build_optimizer     exclusive  ``build_optimizer(param_groups, config, args) -> Optimizer``
-loss                composed   ``loss(ctx, args) -> Tensor``: a term added to the loss; ``ctx``
-                               has ``logits``, ``targets`` and the cached ``log_z``
-transform_batch     exclusive  ``transform_batch(batch, step, config, args) -> batch``
-lr_schedule         exclusive  ``lr_schedule(step, tokens, config, args) -> float``: the LR
-                               multiplier of the peak at a step
-on_step             composed   ``on_step(step, state, args)``: after each optimizer step
-probes              composed   ``probes(args) -> {name: fn}``: extra probes (see probes.py)
-==================  =========  ==============================================================
-
-Methods compose with ``+``: ``a+b`` runs a's composed hooks, then b's. Two methods that
-both define an exclusive hook cannot be composed, and say so.
+A method is one file ``methods/<name>.py``; ``stabench/contract.py`` defines what it may hold
+and ``methods/_template.py`` shows it. Methods compose with ``+``: ``a+b`` runs a's composed
+hooks, then b's; two methods that both define an exclusive hook cannot be composed.
+Method files are Python that runs when they are loaded, like any import.
 """
 
 from __future__ import annotations
 
-import copy
 import difflib
 import importlib.util
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-COMPOSED_HOOKS = ("configure", "transform_model", "param_options", "loss", "on_step", "probes")
-EXCLUSIVE_HOOKS = ("build_optimizer", "transform_batch", "lr_schedule")
-HOOKS = COMPOSED_HOOKS + EXCLUSIVE_HOOKS
+from .contract import EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Probe, as_probe, signature_problem
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "methods"
+METHODS_PATH_VARIABLE = "STABENCH_METHODS_PATH"
 
 
 class MethodError(ValueError):
@@ -61,35 +33,69 @@ def methods_dirs() -> list[Path]:
 
     ``STABENCH_METHODS_PATH`` (os.pathsep-separated) lets users keep methods outside the
     repository; ``./methods`` is the folder of the workflow being run; the last is the
-    folder shipped beside this package.
+    folder shipped beside this package. A folder named in the variable must exist.
     """
-    dirs = [Path(p) for p in os.environ.get("STABENCH_METHODS_PATH", "").split(os.pathsep) if p]
-    dirs += [Path.cwd() / "methods", Path(__file__).resolve().parent.parent / "methods"]
+    named = [Path(p) for p in os.environ.get(METHODS_PATH_VARIABLE, "").split(os.pathsep) if p]
+    missing = [str(p) for p in named if not p.is_dir()]
+    if missing:
+        raise MethodError(f"{METHODS_PATH_VARIABLE} names {', '.join(missing)}, which is not a folder")
     unique: list[Path] = []
-    for d in dirs:
+    for d in named + [Path.cwd() / "methods", SHIPPED_DIR]:
         if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
             unique.append(d)
     return unique
 
 
+def method_files() -> dict[str, list[Path]]:
+    """name -> every file of that name on the methods path, first (the one used) first."""
+    files: dict[str, list[Path]] = {}
+    for d in methods_dirs():
+        for path in sorted(d.glob("*.py")):
+            if not path.stem.startswith("_"):
+                files.setdefault(path.stem, []).append(path)
+    return files
+
+
 def known_methods() -> list[str]:
-    names = {p.stem for d in methods_dirs() for p in d.glob("*.py") if not p.stem.startswith("_")}
-    return sorted(names)
+    return sorted(method_files())
 
 
 def _find_file(name: str) -> Path:
-    for d in methods_dirs():
-        path = d / f"{name}.py"
-        if path.is_file():
-            return path
-    known = known_methods()
+    files = method_files()
+    if name in files:
+        found = files[name]
+        shipped = found[-1]
+        if len(found) > 1 and shipped.parent.resolve() == SHIPPED_DIR.resolve() and \
+                found[0].read_bytes() != shipped.read_bytes():
+            warnings.warn(f"method {name!r}: {found[0]} shadows the shipped {found[-1]}", stacklevel=3)
+        return found[0]
+    known = sorted(files)
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise MethodError(f"unknown method {name!r}.{hint} Known methods: {', '.join(known)}")
+    where = ", ".join(str(d) for d in methods_dirs())
+    raise MethodError(f"unknown method {name!r}.{hint} Known methods: {', '.join(known)} (looked in {where})")
+
+
+def _contract_problem(module: ModuleType) -> str | None:
+    if not (module.__doc__ or "").strip():
+        return "has no docstring; say what it does and cite its paper"
+    if not isinstance(getattr(module, "VERSION", None), str):
+        return "needs VERSION = '<version string>'"
+    if not isinstance(getattr(module, "ARGS", {}), dict):
+        return "ARGS must be a dict of argument names and defaults"
+    if getattr(module, "PACKABLE", True) is False and not getattr(module, "UNPACKABLE_REASON", ""):
+        return "sets PACKABLE = False without UNPACKABLE_REASON = '<why>'"
+    for hook in HOOKS:
+        fn = getattr(module, hook, None)
+        if fn is not None:
+            problem = signature_problem(hook, fn)
+            if problem:
+                return problem
+    return None
 
 
 def load_module(name: str) -> ModuleType:
-    """Import methods/<name>.py (once per process) and check its contract."""
+    """Import methods/<name>.py (once per process) and check it against the contract."""
     if not name.isidentifier():
         raise MethodError(f"method name {name!r} is not a valid file name; use letters, digits and _")
     key = f"stabench_methods.{name}"
@@ -104,11 +110,7 @@ def load_module(name: str) -> ModuleType:
     except Exception as exc:
         del sys.modules[key]
         raise MethodError(f"method {name!r} ({path}) failed to import: {exc!r}") from exc
-    problem = None
-    if not (module.__doc__ or "").strip():
-        problem = "has no docstring; say what it does and cite its paper"
-    elif not isinstance(getattr(module, "VERSION", None), str):
-        problem = "needs VERSION = '<version string>'"
+    problem = _contract_problem(module)
     if problem:
         del sys.modules[key]
         raise MethodError(f"method {name!r} ({path}) {problem}")
@@ -117,7 +119,7 @@ def load_module(name: str) -> ModuleType:
 
 @dataclass
 class Method:
-    """One loaded method with its merged arguments."""
+    """One loaded method with its merged arguments (configure may fill in derived ones)."""
 
     name: str
     module: ModuleType
@@ -134,6 +136,12 @@ class Method:
     @property
     def changes_lr_meaning(self) -> bool:
         return bool(getattr(self.module, "CHANGES_LR_MEANING", False))
+
+    @property
+    def unpackable_reason(self) -> str | None:
+        if getattr(self.module, "PACKABLE", True) is False:
+            return str(self.module.UNPACKABLE_REASON)
+        return None
 
     def hook(self, hook: str) -> Callable | None:
         return getattr(self.module, hook, None)
@@ -176,6 +184,25 @@ class MethodStack:
     def composed(self, hook: str) -> list[tuple[Callable, dict]]:
         return [(m.hook(hook), m.args) for m in self.methods if m.hook(hook)]
 
+    def owners(self, hook: str) -> list[Method]:
+        return [m for m in self.methods if m.hook(hook)]
+
+    @property
+    def changes_lr_meaning(self) -> bool:
+        return any(m.changes_lr_meaning for m in self.methods)
+
+    def unpackable_reason(self) -> str | None:
+        """Why this composition cannot train as an ensemble (a method says so), or None."""
+        reasons = [f"{m.name}: {m.unpackable_reason}" for m in self.methods if m.unpackable_reason]
+        return "; ".join(reasons) or None
+
+    def probes(self) -> dict[str, Probe]:
+        out: dict[str, Probe] = {}
+        for method in self.owners("probes"):
+            for name, probe in method.hook("probes")(method.args).items():
+                out[name] = as_probe(probe)
+        return out
+
 
 def parse_use(use: str) -> list[str]:
     names = [n.strip() for n in use.split("+")]
@@ -196,7 +223,7 @@ def load_stack(use: str, args: dict[str, dict] | None = None) -> MethodStack:
         raise MethodError(f"method {use!r}: args given for {', '.join(stray)}, which it does not use")
     stack = MethodStack([load_method(n, args.get(n)) for n in names])
     for hook in EXCLUSIVE_HOOKS:
-        owners = [m.name for m in stack.methods if m.hook(hook)]
+        owners = [m.name for m in stack.owners(hook)]
         if len(owners) > 1:
             raise MethodError(
                 f"method {use!r}: {' and '.join(owners)} both define the exclusive hook {hook!r}; "
@@ -204,28 +231,55 @@ def load_stack(use: str, args: dict[str, dict] | None = None) -> MethodStack:
     return stack
 
 
-def configure(config: dict, stack: MethodStack) -> dict:
-    """A copy of the run config after the methods' configure hooks (no torch needed)."""
-    config = copy.deepcopy(config)
-    config["model"]["seq_len"] = config["train"]["seq_len"]
-    for hook, args in stack.composed("configure"):
-        hook(config, args)
-    config["methods"] = stack.describe()
-    return config
+def stack_of(config: dict) -> MethodStack:
+    """The methods of a resolved run config, with the arguments its configure hooks resolved."""
+    stack = MethodStack([load_method(m["name"], m["args"]) for m in config["methods"]])
+    for method, recorded in zip(stack.methods, config["methods"]):
+        if method.version != recorded.get("version"):
+            warnings.warn(f"method {method.name!r} is version {method.version} now; the run was "
+                          f"resolved with version {recorded.get('version')}", stacklevel=2)
+    return stack
+
+
+def param_options(model, config: dict, stack: MethodStack) -> dict[str, dict]:
+    """Per-parameter options after every method's ``param_options`` hook, keys checked."""
+    options: dict[str, dict] = {name: {} for name, _ in model.named_parameters()}
+    for method in stack.owners("param_options"):
+        for name, opts in method.hook("param_options")(model, config, method.args).items():
+            if name not in options:
+                close = difflib.get_close_matches(name, list(options), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise MethodError(f"method {method.name!r}: param_options names unknown parameter {name!r}{hint}")
+            bad = sorted(set(opts) - set(PARAM_OPTION_KEYS))
+            if bad:
+                raise MethodError(f"method {method.name!r}: param_options for {name} has unknown key(s) "
+                                  f"{', '.join(map(repr, bad))}; valid keys: {', '.join(PARAM_OPTION_KEYS)}")
+            merged = options[name]
+            for key, value in opts.items():
+                if key == "lr_mult":
+                    merged["lr_mult"] = merged.get("lr_mult", 1.0) * float(value)
+                elif key in merged and merged[key] != value:
+                    raise MethodError(f"method {method.name!r} sets {key}={value!r} for {name}, "
+                                      f"which another method set to {merged[key]!r}")
+                else:
+                    merged[key] = value
+    return options
 
 
 def base_width(config: dict, override: int | None = None) -> int:
     """The width that width-relative rules (per-layer LRs, inits, eps) are tuned at.
 
     ``override`` (a method's ``base_width`` argument) if given, else the smallest d_model among
-    the benchmark's sizes, else the run's own width (then every such rule is the identity).
+    the benchmark's sizes. Only ``configure`` hooks can call it without an override (the
+    benchmark's sizes are visible there only), so the width a method derives is recorded in
+    its arguments and is part of the run's identity.
     """
-    if override is not None:
-        width = override
-    elif config.get("benchmark_sizes"):
-        width = min(size["d_model"] for size in config["benchmark_sizes"].values())
-    else:
-        width = config["model"]["d_model"]
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise MethodError(f"base_width must be a positive integer, got {width!r}")
-    return width
+    if override is None:
+        sizes = config.get("benchmark_sizes")
+        if not sizes:
+            raise MethodError("base_width: the benchmark's sizes are only visible in configure hooks; "
+                              "derive the base width there and store it in the method's args")
+        override = min(size["d_model"] for size in sizes.values())
+    if isinstance(override, bool) or not isinstance(override, int) or override < 1:
+        raise MethodError(f"base_width must be a positive integer, got {override!r}")
+    return override

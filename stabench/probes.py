@@ -1,181 +1,174 @@
-"""Probes: diagnostics recorded to history.csv every ``probe_every`` steps.
+"""Probes: diagnostics recorded to history.csv every ``probe_every`` steps, for every member.
 
-A probe is a function ``fn(ctx: ProbeContext) -> {column: value}``; values may be tensors, so
-the recorder moves all of them to the host in one transfer (one sync per probe step, none on
-other steps). Adding a probe is one decorated function here, or a method's ``probes`` hook.
+A probe is a ``stabench.contract.Probe``: ``fn(ctx) -> {column: value}`` with values of shape
+() or (K,), and the ``ProbeFamily`` the report draws its columns as. The recorder moves every
+value to the host in one transfer (one sync per probe step, none on other steps) and splits
+it into one row per member. Adding a probe is one registered function here, or a method's
+``probes`` hook. Which probe wrote which column, and the families, go into metrics.json, so
+the report draws probe panels from these declarations alone.
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from torch import nn
 
+from .contract import Context, Probe, ProbeFamily
 from .model import parameter_roles
 
-ProbeFn = Callable[["ProbeContext"], dict[str, Any]]
-PROBES: dict[str, ProbeFn] = {}
+PROBES: dict[str, Probe] = {}
+MATRIX_ROLES = ("embedding", "hidden", "readout")
 
 
-def register_probe(name: str) -> Callable[[ProbeFn], ProbeFn]:
-    def decorate(fn: ProbeFn) -> ProbeFn:
-        PROBES[name] = fn
+def register_probe(name: str, family: ProbeFamily | None = None) -> Callable:
+    def decorate(fn: Callable[[Context], dict[str, Any]]) -> Callable:
+        PROBES[name] = Probe(fn, family)
         return fn
     return decorate
 
 
-@dataclass
-class ProbeContext:
-    """What a probe step knows. ``logits`` are the probe step's detached output logits."""
-
-    step: int
-    tokens: int
-    lr: float
-    loss: torch.Tensor          # mean train loss since the previous probe step
-    grad_norm: torch.Tensor | None
-    model: nn.Module            # unwrapped model, capture was on during this step's forward
-    optimizer: torch.optim.Optimizer
-    logits: torch.Tensor
-    config: dict
-    batch: torch.Tensor | None = None   # this step's (B, T+1) token windows, after transform_batch
-    autocast: Callable = nullcontext     # the trainer's autocast context, for probes that run forwards
-    cache: dict = field(default_factory=dict)
-
-    def lm_loss(self, model: nn.Module | None = None, batch: torch.Tensor | None = None) -> torch.Tensor:
-        """Language-model loss of ``model`` on ``batch`` (defaults: this step's), with grad."""
-        model, batch = model or self.model, self.batch if batch is None else batch
-        with self.autocast():
-            logits = model(batch[:, :-1])
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-
-    @property
-    def log_z(self) -> torch.Tensor:
-        """logsumexp of the output logits at each position, computed once per probe step."""
-        if "log_z" not in self.cache:
-            self.cache["log_z"] = torch.logsumexp(self.logits.float(), dim=-1)
-        return self.cache["log_z"]
+def per_member(t: torch.Tensor) -> torch.Tensor:
+    """RMS over every dimension but the member one: (K, ...) -> (K,), in float32."""
+    flat = t.reshape(t.shape[0], -1)
+    return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) / flat.shape[1] ** 0.5
 
 
-@register_probe("train")
-def _train_state(ctx: ProbeContext) -> dict[str, Any]:
+@register_probe("train", ProbeFamily("gradient norm (before clipping)", log_y=True, headline="grad_norm"))
+def _train_state(ctx: Context) -> dict[str, Any]:
     row = {"loss": ctx.loss, "lr": ctx.lr}
     if ctx.grad_norm is not None:
         row["grad_norm"] = ctx.grad_norm
     return row
 
 
-@register_probe("attention_logits")
-def _attention_logits(ctx: ProbeContext) -> dict[str, Any]:
+@register_probe("attention_logits", ProbeFamily("max attention logit", log_y=True, headline="attn_logit_max"))
+def _attention_logits(ctx: Context) -> dict[str, Any]:
     """Max attention logit per layer: Wortsman et al. see divergence once it passes ~1e4."""
-    per_layer = [m for m in ctx.model.attention_max_logits() if m is not None]
-    row = {f"attn_logit_max_l{i}": m for i, m in enumerate(per_layer)}
-    if per_layer:
-        row["attn_logit_max"] = torch.stack(per_layer).max()
+    maxima = ctx.cache.get("attn_logit_max")  # (active layers, K), from the probe step's forward
+    if maxima is None:
+        return {}
+    row = {f"attn_logit_max_l{i}": m for i, m in enumerate(maxima)}
+    row["attn_logit_max"] = maxima.amax(dim=0)
     return row
 
 
-@register_probe("output_logits")
-def _output_logits(ctx: ProbeContext) -> dict[str, Any]:
-    """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.2): log Z drifting from 0."""
-    log_z = ctx.log_z
-    return {"log_z_mean": log_z.mean(), "log_z_std": log_z.std(), "logit_mean": ctx.logits.float().mean()}
+@register_probe("output_logits", ProbeFamily("output log Z (mean over positions)", headline="log_z_mean"))
+def _output_logits(ctx: Context) -> dict[str, Any]:
+    """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.2): log Z drifting from 0,
+    and the spread of the output logits (their std over the vocabulary, mean over positions)."""
+    log_z = ctx.log_z.reshape(ctx.members, -1)
+    logits = [x.detach().float() for x in ctx.member_logits]
+    return {"log_z_mean": log_z.mean(dim=1), "log_z_std": log_z.std(dim=1),
+            "logit_mean": torch.stack([x.mean() for x in logits]),
+            "logit_spread": torch.stack([x.std(dim=-1).mean() for x in logits])}
 
 
-MATRIX_ROLES = ("embedding", "hidden", "readout")
-
-
-def _matrices(ctx: ProbeContext) -> list[tuple[str, torch.Tensor]]:
-    """(name, parameter) of every weight matrix (embedding, hidden, readout), once per probe step."""
+def matrices(ctx: Context) -> list[str]:
+    """Names of every weight matrix (embedding, hidden, readout), once per probe step."""
     if "matrices" not in ctx.cache:
         roles = parameter_roles(ctx.model)
-        ctx.cache["matrices"] = [(n, p) for n, p in ctx.model.named_parameters() if roles[n] in MATRIX_ROLES]
+        ctx.cache["matrices"] = [n for n in roles if roles[n] in MATRIX_ROLES]
     return ctx.cache["matrices"]
 
 
-def _rms(t: torch.Tensor) -> torch.Tensor:
-    """sqrt(mean(t^2)) in float32, without a float copy of ``t``."""
-    return torch.linalg.vector_norm(t, dtype=torch.float32) / t.numel() ** 0.5
-
-
-def _inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
-    return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
-
-
-@register_probe("grad_rms")
-def _grad_rms(ctx: ProbeContext) -> dict[str, Any]:
+@register_probe("grad_rms", ProbeFamily("gradient RMS (mean over matrices)", log_y=True, headline="grad_rms_mean"))
+def _grad_rms(ctx: Context) -> dict[str, Any]:
     """Gradient RMS per weight matrix, ``grad_rms/<param>``, and their mean ``grad_rms_mean``.
 
     Wortsman et al. (section 3.4) see the gradient RMS fall with model size toward Adam's eps,
-    which then shrinks the update. The trainer keeps this step's gradients (after clipping)
-    until the probes have run; parameters without a gradient (frozen, locked) are skipped.
+    which then shrinks the update. These are this step's gradients after clipping; locked
+    parameters (no gradient this step) are skipped.
     """
-    row = {f"grad_rms/{name}": _rms(p.grad) for name, p in _matrices(ctx) if p.grad is not None}
+    params = dict(ctx.model.named_parameters())
+    row = {f"grad_rms/{n}": per_member(params[n].grad) for n in matrices(ctx) if params[n].requires_grad}
     if row:
-        row["grad_rms_mean"] = torch.stack(list(row.values())).mean()
+        row["grad_rms_mean"] = torch.stack(list(row.values())).mean(dim=0)
     return row
 
 
-def _float(x: Any) -> Any:
-    return x.item() if isinstance(x, torch.Tensor) and x.device.type == "cpu" else x
-
-
-@register_probe("update_rms")
-def _update_rms(ctx: ProbeContext) -> dict[str, Any]:
-    """RMS of Adam's unscaled update m_hat / (sqrt(v_hat) + eps) per weight matrix.
-
-    Columns ``update_rms/<param>`` and ``update_rms_mean``. This is the step the LR multiplies
-    (weight decay and LR excluded), read from the optimizer state after this step, with the
-    bias corrections m_hat = m / (1 - beta1^t), v_hat = v / (1 - beta2^t) and the group's eps.
-    It is near 1 while |g| >> eps and falls below 1 once eps dominates sqrt(v_hat). Only for
-    torch's Adam and AdamW (fused, foreach or not): other optimizers' updates follow other
-    formulas, and a method that brings one can add its own probe.
-    """
-    inner = _inner_optimizer(ctx.optimizer)
-    if type(inner) not in (torch.optim.Adam, torch.optim.AdamW):
+@register_probe("update_rms", ProbeFamily("update RMS (the step the LR multiplies)", log_y=True,
+                                          headline="update_rms_mean"))
+def _update_rms(ctx: Context) -> dict[str, Any]:
+    """RMS of the update rule's unscaled step per weight matrix (for AdamW m_hat / (sqrt(v_hat)
+    + eps), near 1 while |g| >> eps, below 1 once eps dominates sqrt(v_hat)); columns
+    ``update_rms/<param>`` and ``update_rms_mean``. Rules without a ``direction`` give none."""
+    if ctx.optimizer is None:
         return {}
-    group_of = {id(p): g for g in inner.param_groups for p in g["params"]}
     row = {}
-    for name, p in _matrices(ctx):
-        state, group = inner.state.get(p), group_of.get(id(p))
-        if not state or group is None or not {"exp_avg", "exp_avg_sq", "step"} <= state.keys():
-            continue
-        step = _float(state["step"])  # a tensor in recent torch; on the device when fused
-        beta1, beta2 = (_float(b) for b in group["betas"])
-        m_hat = state["exp_avg"].float() / (1 - beta1 ** step)
-        v_hat = state["exp_avg_sq"].float() / (1 - beta2 ** step)
-        row[f"update_rms/{name}"] = _rms(m_hat / (v_hat.sqrt() + group["eps"]))
+    with_state = set(ctx.optimizer.params())
+    for name in matrices(ctx):
+        if name in with_state:
+            view = ctx.optimizer.param(name)
+            direction = ctx.optimizer.rule.direction(view.state, view.hyper)
+            if direction is None:
+                return {}
+            row[f"update_rms/{name}"] = per_member(direction)
     if row:
-        row["update_rms_mean"] = torch.stack(list(row.values())).mean()
+        row["update_rms_mean"] = torch.stack(list(row.values())).mean(dim=0)
     return row
 
 
-@register_probe("adam_second_moment")
-def _adam_second_moment(ctx: ProbeContext) -> dict[str, Any]:
-    """Max and global L2 norm of Adam's second moment v (``exp_avg_sq``) over all parameters.
-
-    The instability signal of Li, Zhang and He (2022): v spikes with (and before) loss spikes.
-    Any optimizer that keeps ``exp_avg_sq`` in its state is measured; others give no columns.
-    """
-    inner = _inner_optimizer(ctx.optimizer)
-    moments = [s["exp_avg_sq"] for s in getattr(inner, "state", {}).values()
-               if isinstance(s, dict) and isinstance(s.get("exp_avg_sq"), torch.Tensor) and s["exp_avg_sq"].numel()]
-    if not moments:
+@register_probe("adam_second_moment", ProbeFamily("Adam second moment: max", log_y=True, headline="adam_v_max"))
+def _adam_second_moment(ctx: Context) -> dict[str, Any]:
+    """Max and global L2 norm of the second moment v (``exp_avg_sq``) over all parameters: the
+    instability signal of Li, Zhang and He (2022). Rules without ``exp_avg_sq`` give none."""
+    if ctx.optimizer is None or "exp_avg_sq" not in ctx.optimizer.state_names:
         return {}
-    maxes = torch.stack([v.detach().amax().float() for v in moments])
-    norms = torch.stack([torch.linalg.vector_norm(v.detach(), dtype=torch.float32) for v in moments])
-    return {"adam_v_max": maxes.max(), "adam_v_norm": torch.linalg.vector_norm(norms)}
+    names = ctx.optimizer.params()
+    if not names:
+        return {}
+    moments = [ctx.optimizer.param(n).state["exp_avg_sq"].reshape(ctx.members, -1) for n in names]
+    maxes = torch.stack([v.amax(dim=1) for v in moments]).amax(dim=0)
+    norms = torch.stack([torch.linalg.vector_norm(v, dim=1, dtype=torch.float32) for v in moments])
+    return {"adam_v_max": maxes, "adam_v_norm": torch.linalg.vector_norm(norms, dim=0)}
 
 
-def run_probes(ctx: ProbeContext, extra: dict[str, ProbeFn] | None = None) -> dict[str, float]:
-    """Run every probe and return plain floats (one device-to-host copy for all tensors)."""
-    row: dict[str, Any] = {"step": ctx.step, "tokens": ctx.tokens}
-    for fn in list(PROBES.values()) + list((extra or {}).values()):
-        row.update(fn(ctx))
-    tensor_keys = [k for k, v in row.items() if isinstance(v, torch.Tensor)]
-    if tensor_keys:
-        values = torch.stack([row[k].detach().float().reshape(()) for k in tensor_keys]).cpu().tolist()
-        row.update(zip(tensor_keys, values))
-    return row
+def run_probes(ctx: Context, probes: dict[str, Probe]) -> tuple[list[dict[str, float]], dict[str, str]]:
+    """Every probe -> (one row of plain floats per member, column -> probe name).
+
+    One device-to-host copy for all tensor values; a () value is the same for every member.
+    """
+    values: dict[str, Any] = {}
+    owner: dict[str, str] = {}
+    for name, probe in probes.items():
+        for column, value in probe.fn(ctx).items():
+            values[column] = value
+            owner[column] = name
+    k = ctx.members
+    tensors = [c for c, v in values.items() if isinstance(v, torch.Tensor)]
+    on_device = [c for c in tensors if values[c].device.type != "cpu"]
+    if on_device:  # one transfer for all of them
+        stacked = torch.stack([values[c].detach().float().reshape(-1).expand(k) for c in on_device]).cpu()
+        values.update(zip(on_device, stacked.tolist()))
+    for column in tensors:
+        if column not in on_device:
+            values[column] = values[column].detach().double().reshape(-1).expand(k).tolist()
+    rows = [{"step": ctx.step, "tokens": ctx.tokens} for _ in range(k)]
+    for column, value in values.items():
+        for i, row in enumerate(rows):
+            row[column] = value[i] if isinstance(value, list) else value
+    return rows, owner
+
+
+def all_probes(extra: dict[str, Probe]) -> dict[str, Probe]:
+    """The engine's probes, then a method's (a method's probe may not replace an engine probe)."""
+    clash = sorted(set(extra) & set(PROBES))
+    if clash:
+        raise ValueError(f"probe name(s) {', '.join(clash)} are taken by the engine's probes")
+    return {**PROBES, **extra}
+
+
+def families(probes: dict[str, Probe], owner: dict[str, str]) -> dict[str, dict]:
+    """{family id: {title, log_y, headline, threshold, columns}} for metrics.json."""
+    out: dict[str, dict] = {}
+    for column, probe_name in owner.items():
+        family = probes[probe_name].family
+        if family is None:
+            continue
+        entry = out.setdefault(probe_name, {"title": family.title, "log_y": family.log_y,
+                                            "headline": family.headline, "threshold": family.threshold,
+                                            "columns": []})
+        if column not in entry["columns"]:
+            entry["columns"].append(column)
+    return out

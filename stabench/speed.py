@@ -1,6 +1,6 @@
 """``stabench speed``: tokens/s and model FLOP utilization of the real trainer.
 
-It times ``train_run`` itself (probes at their interval, the same optimizer and autocast), on
+It times the real training loop (``stabench.loop.train``) (probes at their interval, the same optimizer and autocast), on
 random tokens so that no corpus or tokenizer is needed, for named sizes of a benchmark or
 explicit shapes, compiled and not. The first ``warmup`` steps (compilation, allocator
 warm-up) are excluded: throughput is measured between two probe rows of the history.
@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import run_config
 from .io import write_json
-from .trainer import HISTORY_NAME, train_run
+from .loop import train
+from .recorder import HISTORY_NAME
+from .runspec import resolve_run
 
 # Dense bf16 peak of known accelerators, TFLOP/s (vendor figures, without sparsity).
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
@@ -63,12 +64,13 @@ def measure(benchmark: dict, size: str, *, method: str, steps: int, warmup: int,
     bench = copy.deepcopy(benchmark)
     bench["train"].update(steps=steps, compile=compile_model, eval_every=steps + 1, eval_windows=4,
                           checkpoint_every=steps + 1, warmup_steps=min(bench["train"]["warmup_steps"], steps // 10))
-    config = run_config(bench, method=method, size=size, lr=lr, seed=0)
+    run = resolve_run(bench, method=method, size=size, lr=lr, seed=0)
+    config = run.config
     vocab = bench["data"]["vocab_size"]
     tokens_needed = steps * bench["train"]["batch_size"] * (bench["train"]["seq_len"] + 1) + 10 * bench["train"]["seq_len"]
     data_dir = random_token_data(workdir / "data", bench["data"], vocab, max(tokens_needed, 1_000_000))
     out = workdir / f"{size}-{'compiled' if compile_model else 'eager'}"
-    metrics = train_run(config, out, data_dir, progress=False)
+    metrics, = train([run], [out], data_dir, progress=False)
     with open(out / HISTORY_NAME) as f:
         history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
     tok_s = throughput(history, warmup) or metrics["tokens_per_second"]  # whole loop if too few probes

@@ -1,8 +1,8 @@
 """Loss spikes: steps where the training loss jumps well above its recent running mean.
 
 Li, Zhang and He (2022) and Wortsman et al. (2023) read instability from loss spikes. The
-rule here, applied to the ``loss`` column of history.csv (the mean train loss of each probe
-interval, so ``window`` counts probe rows, not optimizer steps):
+rule here, applied to the training loss of every optimizer step (``losses.csv`` of a run;
+``window`` counts steps):
 
 - a loss is a spike when it is above ``factor`` x the mean of the (up to) ``window`` finite
   losses before it;
@@ -51,10 +51,9 @@ def count_loss_spikes(losses: Sequence[float], window: int, factor: float) -> in
     return len(spike_steps(losses, window, factor))
 
 
-def history_spikes(history: Sequence[dict], probes_config: dict) -> dict[str, Any]:
-    """``{'loss_spikes': n, 'loss_spike_steps': [...]}`` from history rows with a ``loss``,
+def loss_spikes(steps: Sequence[int], losses: Sequence[float], probes_config: dict) -> dict[str, Any]:
+    """``{'loss_spikes': n, 'loss_spike_steps': [...]}`` from the per-step training losses,
     using ``probes.spike_window`` and ``probes.spike_factor`` of the run config."""
-    rows = [r for r in history if r.get("loss") not in (None, "")]  # e.g. the step-0 val-only row
-    found = spike_steps([r["loss"] for r in rows], int(probes_config["spike_window"]),
-                        float(probes_config["spike_factor"]), steps=[r.get("step") for r in rows])
+    found = spike_steps(losses, int(probes_config["spike_window"]), float(probes_config["spike_factor"]),
+                        steps=list(steps))
     return {"loss_spikes": len(found), "loss_spike_steps": found}

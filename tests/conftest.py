@@ -62,20 +62,33 @@ def engine_bench(tmp_path_factory) -> EngineBench:
     return EngineBench(benchmark, path, data_dir)
 
 
-def make_run_config(benchmark: dict, method: str = "baseline", size: str = "tiny", lr: float = 1e-2,
-                    seed: int = 0) -> dict:
-    from stabench.config import run_config
-    return run_config(benchmark, method=method, size=size, lr=lr, seed=seed)
+def resolve(benchmark: dict, method: str = "baseline", size: str = "tiny", lr: float = 1e-2, seed: int = 0):
+    """The ResolvedRun (config + identity) of one run of ``benchmark``."""
+    from stabench.runspec import resolve_run
+    return resolve_run(benchmark, method=method, size=size, lr=lr, seed=seed)
 
 
 @pytest.fixture
 def run_training(engine_bench):
-    """``run_training(out_dir, benchmark=None, **run_config_kwargs) -> metrics``."""
-    from stabench.trainer import train_run
+    """``run_training(out_dir, benchmark=None, **resolve_kwargs) -> metrics`` (a K = 1 run)."""
+    from stabench.loop import train
 
     def run(out_dir, benchmark: dict | None = None, **kwargs) -> dict:
-        config = make_run_config(benchmark or engine_bench.benchmark, **kwargs)
-        return train_run(config, out_dir, engine_bench.data_dir, progress=False)
+        run_ = resolve(benchmark or engine_bench.benchmark, **kwargs)
+        return train([run_], [out_dir], engine_bench.data_dir, progress=False)[0]
+
+    return run
+
+
+@pytest.fixture
+def train_pack(engine_bench):
+    """``train_pack(out_dirs, lrs, seeds=None, benchmark=None, method=...) -> [metrics]`` (one ensemble)."""
+    from stabench.loop import train
+
+    def run(out_dirs, lrs, seeds=None, benchmark: dict | None = None, method: str = "baseline", **kw) -> list[dict]:
+        seeds = seeds or [0] * len(lrs)
+        runs = [resolve(benchmark or engine_bench.benchmark, method=method, lr=lr, seed=s) for lr, s in zip(lrs, seeds)]
+        return train(runs, out_dirs, engine_bench.data_dir, progress=False, **kw)
 
     return run
 
@@ -112,19 +125,20 @@ def tmp_methods(tmp_path, monkeypatch):
 
 
 @contextlib.contextmanager
-def crash_at_step(module, step: int):
-    """Make ``module.run_probes`` raise RuntimeError('killed') at ``step``: a crash right after
-    that step's optimizer update, for resume tests (the trainer and the packed trainer)."""
-    real = module.run_probes
+def crash_at_step(step: int):
+    """Make the loop's probes raise RuntimeError('killed') at ``step``: a crash right after that
+    step's optimizer update, for resume tests (separate runs and packs)."""
+    import stabench.loop as loop
+    real = loop.run_probes
 
-    def probes(ctx, extra=None):
+    def probes(ctx, extra):
         if ctx.step == step:
             raise RuntimeError("killed")
         return real(ctx, extra)
 
-    module.run_probes = probes
+    loop.run_probes = probes
     try:
         with pytest.raises(RuntimeError, match="killed"):
             yield
     finally:
-        module.run_probes = real
+        loop.run_probes = real

@@ -1,9 +1,11 @@
 """Windows of tokens for training and validation.
 
-Training batches are a pure function of ``(seed, step, rank)``: offsets come from
-``np.random.default_rng([seed, step, rank])``. Resuming at step k therefore
+Training batches are a pure function of ``(seed, step)``: offsets come from
+``np.random.default_rng([seed, step, 0])``. Resuming at step k therefore
 replays exactly the batches an uninterrupted run would have seen, with no
-sampler state to checkpoint, and every rank draws different windows.
+sampler state to checkpoint. With several processes, rank r takes rows
+[r * B / W, (r + 1) * B / W) of that same global batch, so the ranks together train
+exactly the batch one process would.
 Validation uses fixed, evenly spaced, non-overlapping windows so every run of a
 benchmark is scored on the very same tokens.
 """
@@ -18,18 +20,20 @@ from .errors import DataError
 def train_batch(
     tokens: np.ndarray, step: int, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
-    """Return int64 ``(batch_size, seq_len + 1)`` windows at random offsets (inputs = [:, :-1], targets = [:, 1:])."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} outside world_size {world_size}")
+    """Return this rank's int64 ``(batch_size / world_size, seq_len + 1)`` share of the global batch
+    of windows at random offsets (inputs = [:, :-1], targets = [:, 1:])."""
+    if not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"rank {rank} of world_size {world_size} with batch_size {batch_size}")
     width = seq_len + 1
     if len(tokens) < width:
         raise DataError(
             f"train split has {len(tokens)} tokens, fewer than seq_len + 1 = {width}; "
             "valid: a larger corpus or a shorter seq_len"
         )
-    rng = np.random.default_rng([seed, step, rank])
+    rng = np.random.default_rng([seed, step, 0])
     starts = rng.integers(0, len(tokens) - width, size=batch_size, endpoint=True)
-    return _gather(tokens, starts, width)
+    share = batch_size // world_size
+    return _gather(tokens, starts[rank * share:(rank + 1) * share], width)
 
 
 def val_windows(tokens: np.ndarray, n_windows: int, seq_len: int) -> np.ndarray:

@@ -188,7 +188,7 @@ class StabenchLM(TemplateLM):
             for row, i in enumerate(idx):
                 inp = windows[i][0]
                 batch[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-            logits = self.model(batch.to(self.device))  # (B, T, V)
+            logits = self.model(batch.to(self.device)[None])[0]  # a one-member ensemble: (B, T, V)
             for row, i in enumerate(idx):
                 inp, targets = windows[i]
                 n = len(targets)
@@ -267,7 +267,7 @@ class StabenchLM(TemplateLM):
             x = torch.zeros(len(live), width, dtype=torch.long)
             for row, inp in enumerate(inputs):
                 x[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
-            logits = self.model(x.to(self.device))
+            logits = self.model(x.to(self.device)[None])[0]
             last = torch.tensor([len(inp) - 1 for inp in inputs], device=logits.device)
             nxt = logits[torch.arange(len(live), device=logits.device), last].argmax(-1).tolist()
             for r, tok in zip(live, nxt):

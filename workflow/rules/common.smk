@@ -8,15 +8,17 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path, run_config
-from stabench.methods import MethodError, configure, load_stack
+from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path
+from stabench.methods import MethodError, load_stack
+from stabench.runspec import lr_labels, resolve_run
 
 try:
     BENCHMARK_FILE = resolve_benchmark_path(config.get("benchmark", "cpu"))
     # stabench's own check first: it names the field and what is allowed in one line.
     BENCHMARK = load_benchmark(BENCHMARK_FILE)
-    for _spec in method_specs(BENCHMARK).values():
-        load_stack(_spec["use"], _spec["args"])
+    STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}
+    # Folder label -> the exact LR of the benchmark file (labels never lose digits).
+    LR_OF = lr_labels(BENCHMARK["learning_rates"])
 except (ConfigError, MethodError) as exc:
     raise WorkflowError(str(exc)) from None
 # The same schema through Snakemake's validator (fills defaults the same way).
@@ -27,14 +29,14 @@ RESULTS = f"results/{NAME}"
 PYTHON = sys.executable
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
-LRS = [f"{lr:g}" for lr in BENCHMARK["learning_rates"]]
+LRS = list(LR_OF)
 SEEDS = [str(s) for s in BENCHMARK["seeds"]]
 TRAIN_THREADS = int(config.get("train_threads", 1))
 # GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
 GPUS = int(config.get("gpus", 0))
 RUNS_PER_GPU = int(config.get("runs_per_gpu", 1))
-# --config pack=1: train each (method, size)'s LRs and seeds together as one batched ensemble.
-PACK = bool(int(config.get("pack", 0)))
+# Each (method, size)'s LRs and seeds train together as one ensemble (--config pack=0: one by one).
+PACK = bool(int(config.get("pack", 1)))
 
 
 def size_gpus(size):
@@ -69,11 +71,17 @@ ALL_METRICS = [
 ]
 
 
-def run_params(wildcards, lr=None, seed=None):
-    """The run's config after its methods' configure hooks: a change in it retriggers the run,
-    a change elsewhere in the benchmark (another method, a new size) does not."""
-    cfg = run_config(BENCHMARK, method=wildcards.method, size=wildcards.size,
-                     lr=float(lr or wildcards.lr), seed=int(seed if seed is not None else wildcards.seed))
-    cfg = configure(cfg, load_stack(cfg["method_spec"]["use"], cfg["method_spec"]["args"]))
-    cfg.pop("benchmark_sizes")
-    return json.dumps(cfg, sort_keys=True)
+def world_size(size):
+    """Processes one run of this size trains on: its GPUs when several (DDP), else one."""
+    return max(size_gpus(size), 1)
+
+
+def run_identity(method, size, lr, seed):
+    """The run's identity (stabench.runspec): Snakemake's params for it, so a change of what the
+    run computes retrains it, and nothing else does (another method, a new size that the run
+    does not derive anything from)."""
+    try:
+        return resolve_run(BENCHMARK, method=method, size=size, lr=LR_OF[lr], seed=int(seed),
+                           world_size=world_size(size)).identity
+    except (ConfigError, MethodError) as exc:
+        raise WorkflowError(str(exc)) from None

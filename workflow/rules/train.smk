@@ -1,3 +1,13 @@
+"""Training: one job per (method, size) training its runs as one ensemble (the default), or with
+--config pack=0 one job per run. Both call the same loop (stabench/loop.py)."""
+
+from snakemake.logging import logger
+
+
+def run_files(method, size, name):
+    return [f"{run_dir(method, size, lr, seed)}/{name}" for lr in LRS for seed in SEEDS]
+
+
 if not PACK:
 
     rule train:
@@ -8,8 +18,9 @@ if not PACK:
         output:
             metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
             history=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/history.csv",
+            losses=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/losses.csv",
         params:
-            run=run_params,
+            identity=lambda wc: run_identity(wc.method, wc.size, wc.lr, wc.seed),
             out=lambda wc, output: str(Path(output.metrics).parent),
             gpu=gpu_args,
         threads: TRAIN_THREADS
@@ -25,24 +36,28 @@ if not PACK:
 
 
 if PACK:
+    for _label, _stack in STACKS.items():
+        if _stack.unpackable_reason():
+            logger.info(f"stabench: {_label} trains its runs one at a time ({_stack.unpackable_reason()})")
 
     rule train_pack:
-        """All runs of one (method, size) in one process, as a batched ensemble over LRs and
-        seeds (stabench/packed.py); methods that cannot be packed train one by one inside it."""
+        """All runs of one (method, size) in one process, as one ensemble over LRs and seeds
+        (stabench/loop.py); a method that declares itself unpackable trains them one at a time."""
         input:
             manifest=rules.prepare_data.output.manifest,
         output:
-            metrics=[f"{RESULTS}/runs/{{method}}/{{size}}/lr{lr}-s{seed}/metrics.json" for lr in LRS for seed in SEEDS],
-            history=[f"{RESULTS}/runs/{{method}}/{{size}}/lr{lr}-s{seed}/history.csv" for lr in LRS for seed in SEEDS],
+            metrics=run_files("{method}", "{size}", "metrics.json"),
+            history=run_files("{method}", "{size}", "history.csv"),
+            losses=run_files("{method}", "{size}", "losses.csv"),
         params:
-            run=lambda wc: [run_params(wc, lr=lr, seed=seed) for lr in LRS for seed in SEEDS],
+            identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr in LRS for seed in SEEDS],
             members=lambda wc: " ".join(f"--run {lr}:{seed}:{run_dir(wc.method, wc.size, lr, seed)}"
                                         for lr in LRS for seed in SEEDS),
             gpu=gpu_args,
         threads: TRAIN_THREADS
         resources:
-            gpu=lambda wc: min(size_gpus(wc.size), 1),
-            gpu_slots=lambda wc: min(gpu_slots(wc.size), 1),
+            gpu=lambda wc: size_gpus(wc.size),
+            gpu_slots=lambda wc: gpu_slots(wc.size),
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/pack.log",
         shell:

@@ -1,0 +1,254 @@
+"""The method contract as typed code: every hook a method may define, and what it receives.
+
+A method is one file ``methods/<name>.py`` (copy ``methods/_template.py``, which shows every
+hook). The engine imports it by file name and reads:
+
+- the module docstring (required): what it does, which paper, which choices were made;
+- ``VERSION`` (required, str): recorded in every run, part of the run's identity;
+- ``ARGS`` (optional dict): argument names and defaults; a benchmark may override them;
+- ``CHANGES_LR_MEANING`` (optional bool): the method rescales what "peak LR" means;
+- ``PACKABLE`` (optional bool, default True) and ``UNPACKABLE_REASON`` (str): a method that
+  cannot train as part of an ensemble says why; the workflow prints the reason and trains
+  its runs one at a time (every shipped method packs);
+- any hook of ``HOOKS`` below, as a module-level function with exactly those parameters.
+
+Members. A run is an ensemble of K >= 1 members sharing (method, size) and differing in peak
+LR and seed; a separate run is K = 1, and a method never needs to know which. Every tensor
+a hook sees carries the member dimension first: weights (K, out, in), batches (K or 1, B,
+T + 1), logits (K, B, T, V), per-member values (K,). Hooks that return per-member values
+return (K,) tensors (``Context.member_mean`` reduces everything but the member dimension).
+``transform_model`` and ``param_options`` run while each member is built on its own, so
+there K = 1; a parameter or buffer a method adds must keep that leading dimension of size 1.
+"""
+
+from __future__ import annotations
+
+import inspect
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .model import GPT
+
+
+class ParamOptions(TypedDict, total=False):
+    """Per-parameter optimizer options a ``param_options`` hook may set.
+
+    ``lr_mult`` multiplies across methods; any other key set by two methods must agree.
+    ``weight_decay`` is the coefficient of the run's decay form (independent or coupled);
+    ``trainable: False`` keeps the parameter out of the update (no step, no decay).
+    """
+
+    lr_mult: float
+    weight_decay: float
+    eps: float
+    trainable: bool
+
+
+PARAM_OPTION_KEYS = tuple(ParamOptions.__annotations__)
+
+
+@dataclass(frozen=True)
+class ProbeFamily:
+    """How the report draws a probe's columns: one panel per family, one line per method.
+
+    ``headline`` names the column plotted (else the mean of the family's columns);
+    ``threshold`` draws a horizontal line (a stability limit, say).
+    """
+
+    title: str
+    log_y: bool = False
+    headline: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A diagnostic computed on probe steps: ``fn(ctx) -> {column: value}``.
+
+    Values are floats or tensors of shape () or (K,) (one per member); the recorder moves all
+    of them to the host in one transfer. ``family`` tells the report how to draw the columns
+    (None: recorded, not drawn as a probe panel).
+    """
+
+    fn: Callable[["Context"], dict[str, Any]]
+    family: ProbeFamily | None = None
+
+
+@dataclass
+class StepHyper:
+    """What an update rule needs for one slice of elements, broadcastable to (K, n).
+
+    ``lr`` is this step's learning rate times each element's lr_mult; ``weight_decay`` is the
+    AdamW-form coefficient (the decay step is lr * weight_decay * p; the engine has already
+    turned independent decay into this form); ``step`` counts the updates of these elements,
+    this one included (1 on their first update).
+    """
+
+    lr: torch.Tensor
+    weight_decay: torch.Tensor | float
+    eps: torch.Tensor | float
+    betas: tuple[float, float]
+    step: int
+
+
+class UpdateRule(Protocol):
+    """An optimizer written once as an element-wise update of stacked member tensors.
+
+    The engine keeps every trainable element of every member in (K, N) tensors and calls
+    ``update`` on slices of them, so one rule serves a separate run and a pack alike.
+    """
+
+    state_names: tuple[str, ...]  # per-element state, zero-initialized, checkpointed
+
+    def update(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor],
+               h: StepHyper) -> None:
+        """Update ``param`` and ``state`` in place from ``grad``."""
+
+    def direction(self, state: dict[str, torch.Tensor], h: StepHyper) -> torch.Tensor | None:
+        """The step that ``lr`` multiplies (decay excluded), for the update-RMS probe; or None."""
+
+    def preconditioner(self, state: dict[str, torch.Tensor], h: StepHyper) -> torch.Tensor | None:
+        """Diagonal P of the linearized update lr * P^-1 g (for the curvature probe); or None."""
+
+
+@dataclass
+class Context:
+    """The one object that loss, on_step and probe hooks receive.
+
+    ``config`` is the run config the members share; per-member settings are ``peak_lrs`` and
+    ``seeds``. Fields that do not exist yet in a phase are None: ``logits``/``targets`` exist
+    from the forward on (loss hooks, probes), ``loss``/``grad_norm``/``optimizer`` on probe
+    steps and in ``on_step``.
+    """
+
+    step: int                          # the optimizer step (1-based)
+    tokens: int                        # target tokens trained on before this step (all processes)
+    config: dict
+    model: "GPT"                       # the ensemble
+    peak_lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    lr: torch.Tensor | None = None     # (K,) this step's learning rate
+    batch: torch.Tensor | None = None  # (K or 1, B, T + 1) after transform_batch
+    member_logits: list[torch.Tensor] | None = None  # K tensors (B, T, V), with grad in loss hooks
+    targets: torch.Tensor | None = None  # (K or 1, B, T)
+    loss: torch.Tensor | None = None    # (K,) mean train loss since the previous probe step
+    grad_norm: torch.Tensor | None = None  # (K,) before clipping
+    optimizer: Any = None               # stabench.update.OptimizerView: per-parameter state views
+    autocast: Callable = nullcontext    # the trainer's autocast, for probes that run forwards
+    objective: Callable[..., torch.Tensor] | None = None  # (params=None) -> (K,): the loss the run
+    #      optimizes on this step's batch, with grad; ``params`` (name -> tensor) replace the weights
+    cache: dict = field(default_factory=dict)
+
+    @property
+    def members(self) -> int:
+        return len(self.peak_lrs)
+
+    @staticmethod
+    def member_mean(x: torch.Tensor) -> torch.Tensor:
+        """Mean over every dimension but the first: (K, ...) -> (K,)."""
+        return x.reshape(x.shape[0], -1).mean(dim=1)
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The output logits (K, B, T, V), stacked on first use (a copy of the step's largest
+        tensors: prefer ``log_z`` or ``member_logits`` where they suffice)."""
+        if "logits" not in self.cache:
+            self.cache["logits"] = torch.stack(self.member_logits)
+        return self.cache["logits"]
+
+    @property
+    def log_z(self) -> torch.Tensor:
+        """logsumexp of the output logits at each position, (K, B, T), computed once."""
+        if "log_z" not in self.cache:
+            self.cache["log_z"] = torch.stack([torch.logsumexp(x.float(), dim=-1) for x in self.member_logits])
+        return self.cache["log_z"]
+
+
+# ---- the hooks ------------------------------------------------------------------------------
+
+def configure(config: dict, args: dict) -> None:
+    """Edit the run config in place (warm-up, eps, decay). Runs when the run is resolved; only
+    here ``config['benchmark_sizes']`` (every size of the benchmark) is readable, so a method
+    that derives a value from the benchmark (a base width) stores it in ``args`` or ``config``,
+    where it becomes part of the run's identity."""
+
+
+def transform_model(model: "GPT", config: dict, args: dict) -> None:
+    """Swap modules, wrap weights, re-initialize, in place, on one member (K = 1) after its
+    seeded init; the same code then holds for every member of a pack."""
+
+
+def param_options(model: "GPT", config: dict, args: dict) -> dict[str, ParamOptions]:
+    """{parameter name: ParamOptions} for the parameters the method treats specially."""
+
+
+def loss(ctx: Context, args: dict) -> torch.Tensor:
+    """A term added to each member's loss: a (K,) tensor (``ctx.logits``, ``ctx.log_z``, ...)."""
+
+
+def on_step(ctx: Context, args: dict) -> None:
+    """Act on the ensemble after optimizer step ``ctx.step`` (unlock blocks, say)."""
+
+
+def probes(args: dict) -> dict[str, Probe]:
+    """Extra diagnostics: {probe name: Probe} (a plain function is a Probe without a family)."""
+
+
+def update_rule(config: dict, args: dict) -> UpdateRule:
+    """Replace AdamW by another element-wise update rule (see ``UpdateRule``)."""
+
+
+def transform_batch(batch: torch.Tensor, step: int, config: dict, args: dict) -> torch.Tensor:
+    """Change the (K or 1, B, T + 1) token batch of ``step``: a pure function of (batch, step)
+    whose output shape depends on the step only (the engine derives token counts from it)."""
+
+
+def lr_schedule(step: int, tokens: int, config: dict, args: dict) -> float:
+    """The learning rate of ``step`` (1-based) for a member whose peak is ``config['lr']``;
+    ``tokens`` counts the target tokens trained on before this step."""
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    name: str
+    exclusive: bool       # exclusive hooks: at most one method of a composition defines it
+    signature: inspect.Signature
+    doc: str
+
+
+def _spec(fn: Callable, exclusive: bool) -> HookSpec:
+    return HookSpec(fn.__name__, exclusive, inspect.signature(fn), inspect.getdoc(fn) or "")
+
+
+HOOKS: dict[str, HookSpec] = {spec.name: spec for spec in (
+    _spec(configure, False), _spec(transform_model, False), _spec(param_options, False),
+    _spec(loss, False), _spec(on_step, False), _spec(probes, False),
+    _spec(update_rule, True), _spec(transform_batch, True), _spec(lr_schedule, True),
+)}
+COMPOSED_HOOKS = tuple(n for n, s in HOOKS.items() if not s.exclusive)
+EXCLUSIVE_HOOKS = tuple(n for n, s in HOOKS.items() if s.exclusive)
+
+
+def signature_problem(name: str, fn: Callable) -> str | None:
+    """Why ``fn`` cannot serve as hook ``name`` (wrong parameter count), or None."""
+    expected = list(HOOKS[name].signature.parameters)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return f"hook {name!r} is not a function"
+    if any(p.kind in (p.VAR_POSITIONAL,) for p in params):
+        return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) > len(expected) or len(positional) < len(expected):
+        got = ", ".join(p.name for p in params)
+        return f"hook {name!r} must take ({', '.join(expected)}), got ({got})"
+    return None
+
+
+def as_probe(value: Probe | Callable) -> Probe:
+    return value if isinstance(value, Probe) else Probe(value)

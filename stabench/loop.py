@@ -1,0 +1,458 @@
+"""The one training loop: an ensemble of K >= 1 runs of one (method, size), any LRs and seeds.
+
+``train(runs, out_dirs, data_dir)`` trains (or resumes, or just reports) runs that differ only
+in peak LR and seed, as one ensemble (``stabench.ensemble``), and writes each run's folder
+(``stabench.recorder``). A separate run is K = 1; every piece is the same for any K:
+
+- building a member: ``build_member`` (seed, GPT, the methods' transforms), then stacking;
+- the step: one forward of all members on their batches (members with one seed share it; a
+  ``transform_batch`` hook acts on the shared step's batch), one backward of the sum of the
+  members' losses (each member gets its own gradient), global-norm clipping per member, the
+  update rule on the (K, N) tensors (``stabench.update``), the methods' ``on_step`` hooks;
+- probe steps (every ``probe_every``, and eval steps): the only host syncs. The loss of every
+  step accumulates on the device and reaches the recorder here; probes run; a member whose
+  mean loss since the last probe is non-finite or above ``diverge_factor`` x its init loss
+  has diverged: it is finished (final evaluation, metrics, checkpoint) and leaves the
+  ensemble, so it costs nothing afterwards and the others are untouched (rows never mix).
+
+Resume: every ``checkpoint_every`` steps each run saves its own checkpoint. Batches depend
+only on (seed, step) and a checkpoint holds model, optimizer, RNG, history and losses, so a
+resumed run ends exactly where an uninterrupted one does (on CPU), alone or in a pack; runs
+whose checkpoints stopped at different steps resume as separate ensembles.
+
+Several processes (``accelerate launch``): each rank trains its share of the same global
+batch of ``train.batch_size`` windows, the flat gradient is averaged across ranks in one
+all-reduce, and every rank takes the same divergence decision. Packs are single-process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import platform
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from . import curvature  # noqa: F401  (registers its probe)
+from .checkpoint import set_rng_state
+from .config import ConfigError
+from .contract import Context
+from .data import load_data, train_batch, val_windows
+from .ensemble import Ensemble, build_member
+from .methods import MethodStack, param_options
+from .model import members_of
+from .probes import all_probes, families, run_probes
+from .progress import Progress
+from .recorder import Member
+from .runspec import ResolvedRun
+from .schedule import learning_rates, tokens_before
+from .update import AdamW, Optimizer, OptimizerView
+
+
+# Parameters of a pack are strided views of one (K, N) tensor; their gradients accumulate in
+# place into views of another, which torch reports as a possible slowdown (not an error).
+warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+
+class DataMismatchError(ValueError):
+    """The prepared data folder was built from different data settings than the run asks for."""
+
+
+def resolve_device(config: dict) -> tuple[str, str]:
+    """(device, precision): auto picks CUDA with bf16 autocast when there is a GPU."""
+    train = config["train"]
+    device = train["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available; valid here: auto, cpu")
+    precision = train["precision"]
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    return device, precision
+
+
+def make_accelerator(device: str, precision: str) -> Accelerator:
+    # Accelerate keeps process-wide state; reset it so several ensembles in one process work.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+
+
+def member_cross_entropy(member_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of each member: K logits (B, T, V), targets (K or 1, B, T) -> (K,)."""
+    targets = members_of(targets, len(member_logits))
+    return torch.stack([F.cross_entropy(x.float().flatten(0, 1), t.flatten()) for x, t in zip(member_logits, targets)])
+
+
+def is_probe_step(step: int, train: dict) -> bool:
+    return step % train["probe_every"] == 0 or step % train["eval_every"] == 0 or step == train["steps"]
+
+
+def check_data(manifest: dict, config: dict, data_dir: Path) -> None:
+    if manifest.get("data") != config["data"]:
+        raise DataMismatchError(
+            f"{data_dir} was prepared from data settings {manifest.get('data')}, but the run asks for "
+            f"{config['data']}; prepare it again (stabench prepare) or point --data elsewhere")
+
+
+def check_same_ensemble(runs: list[ResolvedRun]) -> None:
+    """Raise ConfigError unless the runs differ only in peak LR and seed."""
+    def rest(config: dict) -> dict:
+        return {k: v for k, v in config.items() if k not in ("lr", "seed")}
+    first = rest(runs[0].config)
+    for run in runs[1:]:
+        if rest(run.config) != first:
+            keys = sorted(k for k in first if first[k] != rest(run.config).get(k))
+            raise ConfigError(f"runs trained together may differ only in lr and seed; these differ in {', '.join(keys)}")
+    pairs = [(r.config["lr"], r.config["seed"]) for r in runs]
+    if len(set(pairs)) != len(pairs):
+        raise ConfigError("the same (lr, seed) appears twice among runs trained together")
+
+
+@contextlib.contextmanager
+def run_locks(out_dirs: list[Path]):
+    """Hold an exclusive lock on each run folder while training it (released on any exit, also
+    kill -9), so two processes never train the same run at once."""
+    handles = []
+    try:
+        for out_dir in out_dirs:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            handle = open(out_dir / ".lock", "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise ConfigError(f"{out_dir} is being trained by another process; wait for it or stop it") from None
+            handles.append(handle)
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
+          pack: bool = True) -> list[dict]:
+    """Train runs of one (method, size) together; return their metrics in the order given.
+
+    ``pack=False`` (or a method that declares itself unpackable, or several processes) trains
+    them one at a time through the same loop."""
+    if not runs or len(runs) != len(out_dirs):
+        raise ValueError(f"train: {len(runs)} runs for {len(out_dirs)} output folders")
+    check_same_ensemble(runs)
+    out_dirs = [Path(o) for o in out_dirs]
+    if len({o.resolve() for o in out_dirs}) != len(out_dirs):
+        raise ConfigError("two runs trained together share an output folder")
+    data_dir = Path(data_dir)
+    data = load_data(data_dir)
+    check_data(data.manifest, runs[0].config, data_dir)
+    stack = runs[0].stack
+    with run_locks(out_dirs):
+        members = [Member.open(run, out, data.vocab_size) for run, out in zip(runs, out_dirs)]
+        waiting = [m for m in members if not m.finished]
+        alone = not pack or stack.unpackable_reason() or runs[0].config["train"]["world_size"] > 1
+        groups: dict[int, list[Member]] = defaultdict(list)
+        for i, m in enumerate(waiting):
+            groups[i if alone else m.resume_step].append(m)
+        for group in groups.values():
+            EnsembleRun(group, stack, data, progress).run()
+    return [m.metrics for m in members]
+
+
+class EnsembleRun:
+    """Training state of one ensemble: members, model, optimizer, schedule, loss buffer."""
+
+    def __init__(self, members: list[Member], stack: MethodStack, data, progress: bool):
+        self.members, self.stack, self.data = members, stack, data
+        self.config = members[0].config
+        self.train_cfg = self.config["train"]
+        self.device_kind, self.precision = resolve_device(self.config)
+        self.accelerator = make_accelerator(self.device_kind, self.precision)
+        self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
+        if self.world != self.train_cfg["world_size"]:
+            raise ConfigError(f"the run was resolved for {self.train_cfg['world_size']} processes but "
+                              f"{self.world} are running")
+        models = []
+        options = []
+        for m in members:
+            model = build_member(m.config, stack)
+            if m.state is not None:
+                model.load_state_dict(m.state["model"])
+            options.append(param_options(model, m.config, stack))
+            models.append(model)
+        label = f"{self.config['method']}"
+        self.ensemble = Ensemble(models, self.accelerator.device, label)
+        rule = stack.exclusive("update_rule")
+        self.optimizer = Optimizer(self.ensemble, rule[0](self.config, rule[1]) if rule else AdamW(),
+                                   [m.config for m in members], options)
+        self.step = members[0].resume_step
+        if members[0].state is not None:
+            self.optimizer.load_member_states([m.state["optimizer"] for m in members])
+            set_rng_state(members[0].state["rng"])
+        self.tokens_at = tokens_before(self.config, stack)
+        rows = [learning_rates(m.config, stack, self.tokens_at) for m in members]
+        self.lr_host = [list(r) for r in zip(*rows)]  # [step][member]
+        self.lr_table = torch.tensor(self.lr_host, dtype=torch.float32, device=self.device)
+        self.probes = all_probes(stack.probes())
+        self.owner: dict[str, str] = {}
+        self.windows = torch.from_numpy(val_windows(data.val, self.train_cfg["eval_windows"],
+                                                    self.train_cfg["seq_len"]).astype(np.int64))
+        self.loss_buffer = torch.zeros(self.train_cfg["probe_every"], len(members), 2, device=self.device)
+        self.buffered: list[int] = []  # steps whose losses are in the buffer
+        self.last_probe = members[0].history[-1]["step"] if members[0].history else 0
+        model = self.ensemble.model
+        self.features = torch.compile(model.features) if self.train_cfg["compile"] else model.features
+        self.progress = Progress(self.train_cfg["steps"], self.step, self._title(), enabled=progress)
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    def _title(self) -> str:
+        runs = ", ".join(f"lr={m.config['lr']:g} s{m.config['seed']}" for m in self.members)
+        return f"{self.config['method']} {self.config['size']} ({runs})"
+
+    # ---- pieces of a step -------------------------------------------------------------------
+
+    def batch(self, step: int) -> torch.Tensor:
+        """(S, B / world, T + 1) token windows of this rank: S = 1 when the members share a seed."""
+        seeds = [m.config["seed"] for m in self.members]
+        unique = sorted(set(seeds))
+        tr = self.train_cfg
+        host = {s: train_batch(self.data.train, step, tr["batch_size"], tr["seq_len"], s, self.rank, self.world)
+                for s in unique}
+        stacked = host[unique[0]][None] if len(unique) == 1 else np.stack([host[s] for s in seeds])
+        batch = torch.from_numpy(stacked)
+        if self.device.type == "cuda":
+            batch = batch.pin_memory()  # so the copy below is asynchronous
+        batch = batch.to(self.device, non_blocking=True)
+        hook = self.stack.exclusive("transform_batch")
+        return hook[0](batch, step, self.config, hook[1]) if hook else batch
+
+    def context(self, step: int, **fields) -> Context:
+        return Context(step=step, tokens=self.tokens_at[step], config=self.config, model=self.ensemble.model,
+                       peak_lrs=tuple(m.config["lr"] for m in self.members),
+                       seeds=tuple(m.config["seed"] for m in self.members),
+                       autocast=self.accelerator.autocast, **fields)
+
+    def train_step(self, step: int, probing: bool) -> Context:
+        ensemble = self.ensemble
+        batch = self.batch(step)
+        lr = self.lr_table[step]
+        ensemble.zero_grad()
+        with self.accelerator.autocast():
+            hidden, maxima = self.features(batch[..., :-1], probing)
+            logits = self.ensemble.model.readout(hidden)
+        ctx = self.context(step, lr=lr, batch=batch, member_logits=logits, targets=batch[..., 1:])
+        lm_loss, total = self.losses(ctx)
+        total.sum().backward()
+        if self.world > 1:
+            torch.distributed.all_reduce(ensemble.grad)
+            ensemble.grad.div_(self.world)
+        grad_norm = torch.linalg.vector_norm(ensemble.grad, dim=1)
+        clip = self.config["optimizer"]["grad_clip"]
+        if clip > 0:
+            ensemble.grad.mul_((clip / (grad_norm + 1e-6)).clamp(max=1.0)[:, None])
+        self.optimizer.step(lr)
+        self.loss_buffer[len(self.buffered)] = torch.stack([lm_loss.detach(), total.detach().float()], dim=1)
+        self.buffered.append(step)
+        ctx.optimizer, ctx.grad_norm = OptimizerView(self.optimizer, lr), grad_norm
+        ctx.objective = lambda params=None: self.objective(step, lr, batch, params)
+        if maxima is not None:
+            ctx.cache["attn_logit_max"] = maxima
+        return ctx
+
+    def context_of_alive(self, ctx: Context) -> Context:
+        """``ctx``, or a fresh one for the members left after some diverged at this probe step."""
+        if ctx.members == len(self.members):
+            return ctx
+        lr = self.lr_table[ctx.step]
+        return self.context(ctx.step, lr=lr, optimizer=OptimizerView(self.optimizer, lr))
+
+    def after_step(self, ctx: Context) -> None:
+        """The methods' on_step hooks, after the step's probes (which see the step as it ran)."""
+        for method in self.stack.owners("on_step"):
+            method.hook("on_step")(ctx, method.args)
+
+    def losses(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """(language-model loss, the loss the run optimizes: plus the methods' terms), each (K,)."""
+        lm_loss = total = member_cross_entropy(ctx.member_logits, ctx.targets)
+        for method in self.stack.owners("loss"):
+            total = total + method.hook("loss")(ctx, method.args)
+        return lm_loss, total
+
+    def objective(self, step: int, lr: torch.Tensor, batch: torch.Tensor,
+                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The loss the run optimizes on ``batch``, (K,), with grad: at the current weights
+        (under the trainer's autocast), or with ``params`` (name -> tensor) in their place
+        (as given: e.g. float64 copies for an exact Hessian; no autocast)."""
+        model = self.ensemble.model
+
+        def compute() -> torch.Tensor:
+            logits = model.readout(model.features(batch[..., :-1])[0])
+            ctx = self.context(step, lr=lr, batch=batch, member_logits=logits, targets=batch[..., 1:])
+            return self.losses(ctx)[1]
+
+        if params is None:
+            with self.accelerator.autocast():
+                return compute()
+        return torch.func.functional_call(_Call(model, compute), {f"model.{k}": v for k, v in params.items()}, ())
+
+    def flush_losses(self) -> None:
+        """Per-step losses of the buffer -> each member's record (one host copy)."""
+        if not self.buffered:
+            return
+        values = self.loss_buffer[: len(self.buffered)].cpu()
+        if self.world > 1:  # every rank must agree on divergence
+            values = self.accelerator.reduce(values.to(self.device), reduction="mean").cpu()
+        for k, m in enumerate(self.members):
+            m.add_losses(self.buffered, values[:, k].tolist())
+        self.buffered = []
+
+    @torch.no_grad()
+    def evaluate(self) -> list[dict]:
+        """Mean loss on the fixed validation windows per member, with max attention logits and log Z."""
+        losses, log_z, layer_max = 0.0, 0.0, None
+        size = self.train_cfg["eval_batch_size"]
+        for start in range(0, len(self.windows), size):
+            batch = self.windows[start:start + size][None].to(self.device)
+            with self.accelerator.autocast():
+                hidden, maxima = self.ensemble.model.features(batch[..., :-1], capture=True)
+                logits = self.ensemble.model.readout(hidden)
+            n = batch.shape[1]
+            losses = losses + member_cross_entropy(logits, batch[..., 1:]) * n
+            log_z = log_z + torch.stack([torch.logsumexp(x.float(), dim=-1).mean() for x in logits]) * n
+            layer_max = maxima if layer_max is None else torch.maximum(layer_max, maxima)
+        n = len(self.windows)
+        values = torch.stack([losses / n, log_z / n]).cpu().tolist()
+        per_layer = layer_max.cpu().T.tolist()
+        return [{"loss": values[0][k], "log_z": values[1][k], "attn_logit_max_per_layer": per_layer[k],
+                 "attn_logit_max": max(per_layer[k])} for k in range(len(self.members))]
+
+    # ---- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> None:
+        if self.members[0].state is None:
+            for m, init in zip(self.members, self.evaluate()):
+                m.init_loss = init["loss"]
+                m.history = [{"step": 0, "tokens": 0, "val_loss": init["loss"], "attn_logit_max": init["attn_logit_max"]}]
+        for m in self.members:
+            m.state = None  # loaded; free it
+            m.session_seconds = m.train_seconds
+        self.packed_with = len(self.members)
+        self.start_tokens = self.tokens_at[self.step + 1]
+        self.session_start = time.perf_counter()
+        tr = self.train_cfg
+        self.ensemble.model.train()
+        loop_start = time.perf_counter()
+        while self.step < tr["steps"] and self.members:
+            self.step += 1
+            step = self.step
+            probing = is_probe_step(step, tr)
+            ctx = self.train_step(step, probing)
+            self.progress.update()
+            checkpointing = step % tr["checkpoint_every"] == 0 and step < tr["steps"]
+            if not (probing or checkpointing):
+                self.after_step(ctx)
+                continue
+            now = time.perf_counter()
+            for m in self.members:
+                m.train_seconds += now - loop_start
+            if probing:
+                self.probe(ctx)
+            if self.members:
+                self.after_step(self.context_of_alive(ctx))
+            if checkpointing:
+                self.flush_losses()
+                for k, m in enumerate(self.members):
+                    self.save(k, m)
+            loop_start = time.perf_counter()
+        now = time.perf_counter()
+        for m in self.members:
+            m.train_seconds += now - loop_start
+        self.progress.close()
+        if self.members:
+            finals = [m.final for m in self.members]
+            self.finish(list(range(len(self.members))), finals if None not in finals else self.evaluate())
+
+    def probe(self, ctx: Context) -> None:
+        tr = self.train_cfg
+        self.flush_losses()
+        means = [m.mean_loss_since(self.last_probe) for m in self.members]
+        self.last_probe = ctx.step
+        ctx.loss = torch.tensor(means)
+        rows, owner = run_probes(ctx, self.probes)
+        self.owner.update(owner)
+        diverged = [k for k, m in enumerate(self.members) if m.is_diverged(means[k], tr["diverge_factor"])]
+        if len(diverged) < len(self.members) and (ctx.step % tr["eval_every"] == 0 or ctx.step == tr["steps"]):
+            for k, result in enumerate(self.evaluate()):
+                if k not in diverged:
+                    rows[k]["val_loss"] = result["loss"]
+                    if ctx.step == tr["steps"]:
+                        self.members[k].final = result  # the final evaluation: the same numbers
+        for k, (m, row) in enumerate(zip(self.members, rows)):
+            row["tokens"] = self.tokens_at[ctx.step + 1]
+            row["time"] = m.train_seconds  # probes synced: true time
+            m.history.append(row)
+            if k in diverged:
+                m.diverged_at = ctx.step
+        self.progress.probe(ctx.step, [r["loss"] for r in rows])
+        if diverged:
+            results = self.evaluate()
+            self.finish(diverged, [results[k] for k in diverged])
+            alive = [k for k in range(len(self.members)) if k not in diverged]
+            self.members = [self.members[k] for k in alive]
+            if alive:
+                self.ensemble.keep(alive)
+                self.optimizer.keep(alive)
+                self.lr_table = self.lr_table[:, alive].contiguous()
+                self.loss_buffer = self.loss_buffer[:, alive].contiguous()
+
+    def save(self, k: int, m: Member, finished: bool = False) -> None:
+        if not self.accelerator.is_main_process:  # one writer per run (DDP launches several processes)
+            return
+        payload = {"model": self.ensemble.member_state(k), "optimizer": self.optimizer.member_state(k),
+                   "step": self.step, "tokens": self.tokens_at[self.step + 1]}
+        m.checkpoint(payload, elapsed=m.elapsed + time.perf_counter() - self.session_start, finished=finished)
+
+    def finish(self, rows: list[int], finals: list[dict]) -> None:
+        """Metrics, final checkpoint and files of the members ``rows`` (finished or diverged)."""
+        self.flush_losses()
+        model = self.ensemble.model
+        model_info = {"n_params": model.num_parameters(non_embedding=False),
+                      "n_params_non_embedding": model.num_parameters(non_embedding=True)}
+        tokens = self.tokens_at[self.step + 1]
+        for k, final in zip(rows, finals):
+            m = self.members[k]
+            m.finish(final, step=self.step, tokens=tokens,
+                     wall_seconds=m.elapsed + time.perf_counter() - self.session_start,
+                     tokens_per_second=(tokens - self.start_tokens) / max(m.train_seconds - m.session_seconds, 1e-9),
+                     families=families(self.probes, self.owner), packed_with=self.packed_with,
+                     device=device_name(self.device_kind), precision=self.precision, model_info=model_info)
+            if self.accelerator.is_main_process:
+                self.save(k, m, finished=True)
+                m.write_files()
+
+
+class _Call(torch.nn.Module):
+    """Calls ``fn`` with ``model`` as a submodule, so torch.func.functional_call can swap its weights."""
+
+    def __init__(self, model: torch.nn.Module, fn):
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self) -> torch.Tensor:
+        return self.fn()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
