@@ -16,8 +16,14 @@ Choices: a = 1.27 (about 4/pi) and b = 1, the setting Everett et al. recommend (
 from optimizer.betas; eps is ignored. It is an element-wise update rule (the engine applies
 it to every member's parameters at once and skips locked ones, like AdamW). Because
 a = 1.27 scales every step, the peak LR means something else than for AdamW:
-CHANGES_LR_MEANING. Its preconditioner, for the curvature probe, is that of the update
-linearized at m = 0: a * atan2(m, b s) ~ (a / b) m / s, so P = b sqrt(v_hat) / a.
+CHANGES_LR_MEANING.
+
+Its preconditioner, for the curvature probe: the update is lr_t * lr_mult * a * atan2(m_hat,
+b sqrt(v_hat)); linearized in m_hat around 0, atan2(m, c) = m / c + O(m^3) for c > 0, so the
+update is m_hat / P with P = b sqrt(v_hat) / a (the engine divides by lr_mult). The slope of
+atan2 is largest at m = 0, so this P gives the largest effective step, an upper bound of the
+curvature the update sees. Where v_hat = 0, P = 0 (atan2(m, 0) = +-pi/2 is a bounded sign
+step): the probe leaves those never-updated elements out, as it does for AdamW.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ member, every ``probes.curvature_every`` steps:
 - H is the Hessian of the loss the run optimizes (method loss terms such as z-loss
   included) on the batch of the step just taken, with the weights after that step's update;
 - P is the diagonal preconditioner of the run's own update rule (``UpdateRule
-  .preconditioner``: sqrt(v_hat) + eps for AdamW, b sqrt(v_hat) / a for Adam-atan2) divided
+  .preconditioner``: sqrt(v_hat) + eps for AdamW; a method's own rule brings its own) divided
   by each element's lr_mult, so eta_t * lambda_max is the quantity the update sees. Adam at
   LR eta_t is stable on a quadratic while eta_t * lambda_max < (2 + 2 beta1) / (1 - beta1) =
   38 at beta1 = 0.9 (Cohen et al. 2022); the probe writes ``lr_lambda_max`` beside it;
@@ -34,7 +34,7 @@ import math
 import torch
 
 from .contract import Context, ProbeFamily
-from .eigen import PreconditionedHessian, top_eigenpairs
+from .eigen import PreconditionedHessian, top_eigenpairs, updated_mask
 from .probes import register_probe
 
 ADAM_THRESHOLD = 38.0   # (2 + 2 beta1) / (1 - beta1) at beta1 = 0.9
@@ -65,7 +65,7 @@ def preconditioner(ctx: Context, names: list[str]) -> tuple[list[torch.Tensor], 
         shape = ctx.model.get_parameter(name).shape
         effective = (p.double() / lr_mult).expand(shape)
         second = view.state.get("exp_avg_sq")
-        mask = (second > 0).expand(shape) if second is not None else torch.isfinite(effective) & (effective > 0)
+        mask = updated_mask(second).expand(shape) if second is not None else torch.isfinite(effective) & (effective > 0)
         inv_sqrt.append(torch.where(mask, effective.clamp_min(1e-300).rsqrt(), torch.zeros((), dtype=torch.float64,
                                                                                               device=p.device)))
         masks.append(mask)

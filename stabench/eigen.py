@@ -40,18 +40,14 @@ Operator (``PreconditionedHessian``)
     are (K, n) and, the loss being the *sum* of the members' losses, H is block diagonal, so
     ``top_eigenpairs`` solves every member in lockstep on one Hessian-vector product per step.
 
-Preconditioners (pure functions of optimizer state, per element)
-    Adam(W): the update is lr_t * lr_mult * m_hat / (sqrt(v_hat) + eps), so P = (sqrt(v_hat) +
+Preconditioners
+    P comes from the run's update rule (``stabench.contract.UpdateRule.preconditioner``): for
+    AdamW the update is lr_t * lr_mult * m_hat / (sqrt(v_hat) + eps), so P = (sqrt(v_hat) +
     eps) / lr_mult, v_hat = exp_avg_sq / (1 - beta2^t), and Adam is stable on the local
     quadratic while lr_t * lambda_max(P^-1/2 H P^-1/2) < (2 + 2 beta1) / (1 - beta1) = 38 at
     beta1 = 0.9 (Cohen et al. 2022). Decoupled weight decay adds lr_t * wd to the update's
-    Jacobian (1e-4 here) and is ignored.
-    Adam-atan2: the update is lr_t * lr_mult * a * atan2(m_hat, b sqrt(v_hat)), no eps.
-    Linearized in m_hat around 0, atan2(m, c) = m / c + O(m^3) for c > 0, so the update is
-    m_hat / P with P = b sqrt(v_hat) / (a lr_mult). The slope of atan2 is largest at m = 0, so
-    this P gives the largest effective step, i.e. an upper bound of the curvature the update
-    sees. Where v_hat = 0, P = 0: the linearization has unbounded gain there (atan2(m, 0) =
-    +-pi/2 is a bounded sign step), and such elements must be masked (see below).
+    Jacobian (1e-4 here) and is ignored. A rule whose P is 0 where v_hat = 0 (no eps) gives an
+    infinite P^-1/2 there: such elements must be masked (see below).
 
 Elements the optimizer has never updated (``updated_mask``): left out of the operator
     An element whose second moment is exactly zero (v_hat = 0: every gradient it ever had was
@@ -65,7 +61,7 @@ Elements the optimizer has never updated (``updated_mask``): left out of the ope
     first time such an element gets a gradient g, Adam's own v becomes (1 - beta2) g^2 before
     the step, so the step it takes is bounded by lr * (1 - beta1) / sqrt(1 - beta2) per
     element, not lr * g / eps. Its curvature in the reading with P = eps is an artefact of the
-    linearization, and for Adam-atan2 the linearization does not exist there (P = 0).
+    linearization, and for a rule without eps the linearization does not exist there (P = 0).
     Decision: the probe's operator is restricted to elements with v_hat > 0 (the mask from
     ``updated_mask``; zero rows and columns of S elsewhere, start vectors restricted with
     ``PreconditionedHessian.restrict``). On a training batch seen by the step just taken the
@@ -313,8 +309,8 @@ class PreconditionedHessian:
     ``loss``: a scalar with its autograd graph; ``params``: the tensors H is taken with respect
     to (leaf tensors that require grad); ``inv_sqrt_p``: P^-1/2 per element, one tensor per
     parameter, same shapes; ``mask``: optional bool tensors (True = the element enters), e.g.
-    ``updated_mask(v_hat)``. An element kept by the mask must have a finite P^-1/2 (Adam-atan2's
-    is infinite where v_hat = 0: mask those). With ``members=K`` every tensor has a leading
+    ``updated_mask(v_hat)``. An element kept by the mask must have a finite P^-1/2 (a rule
+    without eps has an infinite one where v_hat = 0: mask those). With ``members=K`` every tensor has a leading
     ensemble dimension K, vectors are (K, n), and ``loss`` must be the sum of the members' losses
     (so H is block diagonal). The gradient graph is built here, once; each call is one
     Hessian-vector product (double backward); ``p.grad`` is never read or written.
@@ -371,27 +367,8 @@ class PreconditionedHessian:
         return self.flatten(out)
 
 
-# ---- preconditioners from optimizer state (per element) ------------------------------------
+# ---- which elements enter ------------------------------------------------------------------
 
-def bias_corrected(exp_avg_sq: torch.Tensor, step: int | float, beta2: float) -> torch.Tensor:
-    """v_hat = exp_avg_sq / (1 - beta2^step): Adam's bias-corrected second moment."""
-    if step < 1:
-        raise ValueError("no optimizer step taken yet: no preconditioner")
-    return exp_avg_sq.detach().float() / (1.0 - float(beta2) ** float(step))
-
-
-def adam_inv_sqrt_p(v_hat: torch.Tensor, eps: float, lr_mult: float = 1.0) -> torch.Tensor:
-    """P^-1/2 for Adam(W): P = (sqrt(v_hat) + eps) / lr_mult (infinite where v_hat = 0 and
-    eps = 0)."""
-    return (float(lr_mult) / (v_hat.sqrt() + float(eps))).sqrt()
-
-
-def atan2_inv_sqrt_p(v_hat: torch.Tensor, a: float = 1.27, b: float = 1.0, lr_mult: float = 1.0) -> torch.Tensor:
-    """P^-1/2 for Adam-atan2 (update a * atan2(m_hat, b * sqrt(v_hat))), linearized at m = 0:
-    P = b * sqrt(v_hat) / (a * lr_mult); infinite where v_hat = 0 (mask those elements)."""
-    return (float(a) * float(lr_mult) / (float(b) * v_hat.sqrt())).sqrt()
-
-
-def updated_mask(v_hat: torch.Tensor) -> torch.Tensor:
-    """True where the optimizer has updated the element from a nonzero gradient (v_hat > 0)."""
-    return v_hat > 0
+def updated_mask(second_moment: torch.Tensor) -> torch.Tensor:
+    """True where the optimizer has updated the element from a nonzero gradient (v > 0)."""
+    return second_moment > 0

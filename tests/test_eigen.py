@@ -1,7 +1,7 @@
 """stabench.eigen against dense eigendecompositions (torch.linalg.eigvalsh in float64).
 
 Random symmetric operators (definite, strongly indefinite, clustered top eigenvalues, tiny
-gaps), the Adam- and Adam-atan2-preconditioned Hessian of a self-contained toy LM (one
+gaps), the Adam- and atan2-update-preconditioned Hessian of a self-contained toy LM (one
 attention block + MLP, vocabulary 16, a few Adam steps at a low and a very high LR, dense
 reference from torch.autograd.functional.hessian), warm starts, flagged non-convergence, the
 mask of never-updated elements and the lockstep ensemble solve.
@@ -15,12 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stabench.contract import StepHyper
 from stabench.eigen import (
     EigenResult,
     PreconditionedHessian,
-    adam_inv_sqrt_p,
-    atan2_inv_sqrt_p,
-    bias_corrected,
     flatten,
     top_eigenpair,
     top_eigenpairs,
@@ -232,6 +230,20 @@ def dense_operator(p, batch, inv_sqrt_p, mask=None) -> torch.Tensor:
     return matrix
 
 
+def bias_corrected(exp_avg_sq, step, beta2=0.95):
+    return exp_avg_sq.detach().float() / (1.0 - beta2 ** step)
+
+
+def adam_inv_sqrt_p(v_hat, eps, lr_mult=1.0):
+    """P^-1/2 of Adam(W), worked by hand: P = (sqrt(v_hat) + eps) / lr_mult."""
+    return (lr_mult / (v_hat.sqrt() + eps)).sqrt()
+
+
+def atan2_inv_sqrt_p(v_hat, a=1.27, b=1.0, lr_mult=1.0):
+    """P^-1/2 of the atan2 update linearized at m = 0, by hand: P = b sqrt(v_hat) / (a lr_mult)."""
+    return (a * lr_mult / (b * v_hat.sqrt())).sqrt()
+
+
 def adam_scales(v, step, lr_mult=1.0):
     return [adam_inv_sqrt_p(bias_corrected(x, step, 0.95), 1e-8, lr_mult) for x in v.values()]
 
@@ -290,21 +302,24 @@ def test_adam_atan2_preconditioner_at_high_lr():
     assert r.converged and r.value == pytest.approx(float(eig[-1]), rel=TOL)
 
 
-def test_preconditioner_formulas():
-    exp_avg_sq = torch.tensor([0.0, 1e-6, 4.0])
+def test_update_rules_preconditioners_match_the_formulas():
+    """AdamW's and the atan2 method's ``preconditioner`` against the formulas worked by hand;
+    the atan2 linearization against the rule's own update for a small first moment."""
+    from stabench.methods import load_module
+    from stabench.update import AdamW
+    exp_avg_sq = torch.tensor([[0.0, 1e-6, 4.0]])
+    h = StepHyper(lr=torch.tensor([[1.0]]), weight_decay=0.0, eps=1e-8, betas=(0.9, 0.95), step=10)
     vh = bias_corrected(exp_avg_sq, 10, 0.95)
-    torch.testing.assert_close(vh, exp_avg_sq / (1 - 0.95 ** 10))
-    torch.testing.assert_close(adam_inv_sqrt_p(vh, 1e-8, lr_mult=2.0), (2.0 / (vh.sqrt() + 1e-8)).sqrt())
-    assert float(adam_inv_sqrt_p(vh, 1e-8)[0]) == pytest.approx(1e4)   # the never-updated element
-    assert updated_mask(vh).tolist() == [False, True, True]
-    s = atan2_inv_sqrt_p(vh, a=1.27, b=2.0, lr_mult=3.0)
-    assert math.isinf(float(s[0]))
-    # linearized update m / P matches a * lr_mult * atan2(m, b sqrt(v)) for small m
-    m = 1e-4 * vh[1:].sqrt()
-    exact = 3.0 * 1.27 * torch.atan2(m, 2.0 * vh[1:].sqrt())
-    torch.testing.assert_close(m * s[1:] ** 2, exact, rtol=1e-6, atol=0.0)
-    with pytest.raises(ValueError):
-        bias_corrected(exp_avg_sq, 0, 0.95)
+    state = {"exp_avg": torch.zeros_like(exp_avg_sq), "exp_avg_sq": exp_avg_sq}
+    torch.testing.assert_close(AdamW().preconditioner(state, h).rsqrt(), adam_inv_sqrt_p(vh, 1e-8))
+    assert float(AdamW().preconditioner(state, h)[0, 0].rsqrt()) == pytest.approx(1e4)   # never updated
+    assert updated_mask(vh).tolist() == [[False, True, True]]
+    rule = load_module("adam_atan2").AdamAtan2(a=1.27, b=2.0)
+    torch.testing.assert_close(rule.preconditioner(state, h).rsqrt(), atan2_inv_sqrt_p(vh, 1.27, 2.0))
+    assert math.isinf(float(rule.preconditioner(state, h)[0, 0].rsqrt()))
+    m_hat = 1e-4 * vh[:, 1:].sqrt()   # linearized step m / P matches a * atan2(m, b sqrt(v)) for small m
+    small = {"exp_avg": m_hat * (1 - 0.9 ** 10), "exp_avg_sq": exp_avg_sq[:, 1:]}
+    torch.testing.assert_close(m_hat / rule.preconditioner(small, h), rule.direction(small, h), rtol=1e-6, atol=0.0)
 
 
 def test_unmasked_infinite_preconditioner_is_refused():
