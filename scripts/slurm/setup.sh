@@ -5,6 +5,7 @@
 #
 #   sudo scripts/slurm/setup.sh     # install slurm-wlm + munge, configure, start, wait for idle
 #   sudo scripts/slurm/stop.sh      # stop the daemons this script started, nothing else
+#   sudo scripts/slurm/setup.sh --install-only   # only the packages (.ci/run, before the tests)
 #
 # Why these choices:
 # - Debian's packages, started by hand (no systemd): CI machines and containers differ in
@@ -54,6 +55,7 @@ if ! dpkg -s slurmctld slurmd slurm-client munge >/dev/null 2>&1; then
     apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null
 fi
 phase "install packages"
+[ "${1:-}" = --install-only ] && exit 0
 
 # 2. configuration ----------------------------------------------------------------------------
 mkdir -p "$STATE_DIR" "$CONF_DIR" /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm /run/slurm
