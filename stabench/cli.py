@@ -165,6 +165,18 @@ def cmd_build_tasks(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if not args.gpus:
+        return evaluate(args)
+    if args.gpus != 1:
+        raise ConfigError(f"stabench eval --gpus {args.gpus}: an evaluation uses one GPU (give --gpus 1)")
+    # the same lock pool as training, so an evaluation never lands on a GPU a run is using
+    with gpu_slots(1, args.runs_per_gpu) as alloc:
+        os.environ["CUDA_VISIBLE_DEVICES"] = alloc.visible_devices
+        print(f"stabench: evaluating on GPU {alloc.visible_devices} (pool slot {alloc.first_slot})", file=sys.stderr)
+        return evaluate(args)
+
+
+def evaluate(args) -> int:
     from .evaluation.runner import evaluate_runs, write_record
 
     if args.threads:
@@ -271,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks instead of the benchmark's eval.tasks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of the benchmark's eval.device")
     p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
+    p.add_argument("--gpus", type=int, default=0,
+                   help="1: wait for a free GPU slot in the lock pool (stabench/gpu_pool.py), as train --gpus does")
+    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (pool slots per GPU)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("speed", help="tokens/s and MFU of the trainer on random tokens")

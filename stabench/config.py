@@ -18,6 +18,7 @@ import yaml
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "schema.yaml"
 BENCHMARKS_DIR = SCHEMA_PATH.parent
+SIZE_PLACEMENT_KEYS = ("gpus", "runtime_min", "mem_mb")
 
 
 class _Loader(yaml.SafeLoader):
@@ -161,7 +162,8 @@ def size_config(benchmark: dict, size: str) -> dict:
     if size not in benchmark["sizes"]:
         known = ", ".join(benchmark["sizes"])
         raise ConfigError(f"size {size!r} is not in sizes of benchmark {benchmark['name']!r}; known: {known}")
-    dims = {k: v for k, v in benchmark["sizes"][size].items() if k != "gpus"}  # placement, not shape
+    # placement and cluster requests, not shape: they are no part of a run's identity
+    dims = {k: v for k, v in benchmark["sizes"][size].items() if k not in SIZE_PLACEMENT_KEYS}
     if dims["d_model"] % dims["n_heads"]:
         raise ConfigError(f"sizes.{size}: d_model {dims['d_model']} is not divisible by n_heads {dims['n_heads']}")
     return dims

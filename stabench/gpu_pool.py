@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -98,10 +99,14 @@ def gpu_slots(gpus_needed: int = 1, runs_per_gpu: int = 1, *, n_gpus: int | None
     lock_dir = lock_dir or default_lock_dir()
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout is None else time.monotonic() + timeout
+    waited = False
     while True:
         result = _try_allocate(gpu_ids, gpus_needed, runs_per_gpu, lock_dir)
         if result:
             break
+        if not waited:  # say once why the job sits idle
+            print(f"stabench: every GPU slot in {lock_dir} is taken; waiting for one", file=sys.stderr, flush=True)
+            waited = True
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU slot in {lock_dir} after {timeout} s")
         time.sleep(poll_seconds)

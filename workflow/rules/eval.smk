@@ -51,11 +51,16 @@ rule evaluate:
         settings=EVAL_PARAMS,
         runs=lambda wc: " ".join(_runs_of(wc.method, wc.size)),
     threads: TRAIN_THREADS
+    resources:
+        gpu=EVAL_GPUS,  # GPU workflows evaluate on a GPU (resources.smk)
+        gpu_slots=EVAL_GPUS,
+        runtime=eval_runtime,
+        mem_mb=eval_mem,
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}.log",
     shell:
         "{PYTHON} -m stabench eval {BENCHMARK_FILE} --best --runs {params.runs} --data {RESULTS}/data"
-        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} {EVAL_GPU_ARGS} --no-progress > {log} 2>&1"
 
 
 rule eval_run:
@@ -69,8 +74,13 @@ rule eval_run:
         settings=EVAL_PARAMS,
         run=lambda wc, input: str(Path(input.metrics).parent),
     threads: TRAIN_THREADS
+    resources:
+        gpu=EVAL_GPUS,  # GPU workflows evaluate on a GPU (resources.smk)
+        gpu_slots=EVAL_GPUS,
+        runtime=eval_runtime,
+        mem_mb=eval_mem,
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
     shell:
         "{PYTHON} -m stabench eval {BENCHMARK_FILE} --runs {params.run} --data {RESULTS}/data"
-        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} --no-progress > {log} 2>&1"
+        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} {EVAL_GPU_ARGS} --no-progress > {log} 2>&1"

@@ -27,6 +27,9 @@ if not PACK:
         resources:
             gpu=lambda wc: size_gpus(wc.size),  # SLURM executor: GPUs requested per job
             gpu_slots=lambda wc: gpu_slots(wc.size),  # local: bound with --resources gpu_slots=N*K
+            runtime=train_runtime,  # minutes and MB from the size and steps (resources.smk)
+            mem_mb=train_mem,
+            cpus_per_task=train_cpus,
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
         shell:
@@ -58,6 +61,9 @@ if PACK:
         resources:
             gpu=lambda wc: size_gpus(wc.size),
             gpu_slots=lambda wc: gpu_slots(wc.size),
+            runtime=pack_runtime,
+            mem_mb=pack_mem,
+            cpus_per_task=train_cpus,
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/pack.log",
         shell:
