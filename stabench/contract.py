@@ -122,7 +122,7 @@ class Context:
     ``config`` is the run config the members share; per-member settings are ``peak_lrs`` and
     ``seeds``. Fields that do not exist yet in a phase are None: ``logits``/``targets`` exist
     from the forward on (loss hooks, probes), ``loss``/``grad_norm``/``optimizer`` on probe
-    steps and in ``on_step``.
+    steps and in ``on_step``. Computed values (logits, log Z) are cached per context.
     """
 
     step: int                          # the optimizer step (1-based)
@@ -133,7 +133,7 @@ class Context:
     seeds: tuple[int, ...]
     lr: torch.Tensor | None = None     # (K,) this step's learning rate
     batch: torch.Tensor | None = None  # (K or 1, B, T + 1) after transform_batch
-    member_logits: list[torch.Tensor] | None = None  # K tensors (B, T, V), with grad in loss hooks
+    hidden: torch.Tensor | None = None  # (K, B, T, d): the final hidden states (the readout's input)
     targets: torch.Tensor | None = None  # (K or 1, B, T)
     loss: torch.Tensor | None = None    # (K,) mean train loss since the previous probe step
     grad_norm: torch.Tensor | None = None  # (K,) before clipping
@@ -151,6 +151,14 @@ class Context:
     def member_mean(x: torch.Tensor) -> torch.Tensor:
         """Mean over every dimension but the first: (K, ...) -> (K,)."""
         return x.reshape(x.shape[0], -1).mean(dim=1)
+
+    @property
+    def member_logits(self) -> list[torch.Tensor]:
+        """Each member's output logits (B, T, V), computed from ``hidden`` on first use (the
+        training loss itself never materializes them: stabench.readout), with grad in loss hooks."""
+        if "member_logits" not in self.cache:
+            self.cache["member_logits"] = self.model.readout(self.hidden)
+        return self.cache["member_logits"]
 
     @property
     def logits(self) -> torch.Tensor:

@@ -51,6 +51,7 @@ from .methods import MethodStack, param_options
 from .model import members_of
 from .probes import all_probes, families, run_probes
 from .progress import Progress
+from .readout import fused_cross_entropy
 from .recorder import Member
 from .runspec import ResolvedRun
 from .schedule import learning_rates, tokens_before
@@ -249,9 +250,8 @@ class EnsembleRun:
         ensemble.zero_grad()
         with self.accelerator.autocast():
             hidden, maxima = self.features(batch[..., :-1], probing)
-            logits = self.ensemble.model.readout(hidden)
-        ctx = self.context(step, lr=lr, batch=batch, member_logits=logits, targets=batch[..., 1:])
-        lm_loss, total = self.losses(ctx)
+            ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:])
+            lm_loss, total = self.losses(ctx, fused=True)
         total.sum().backward()
         if self.world > 1:
             torch.distributed.all_reduce(ensemble.grad)
@@ -281,9 +281,16 @@ class EnsembleRun:
         for method in self.stack.owners("on_step"):
             method.hook("on_step")(ctx, method.args)
 
-    def losses(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """(language-model loss, the loss the run optimizes: plus the methods' terms), each (K,)."""
-        lm_loss = total = member_cross_entropy(ctx.member_logits, ctx.targets)
+    def losses(self, ctx: Context, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(language-model loss, the loss the run optimizes: plus the methods' terms), each (K,).
+
+        ``fused``: the cross-entropy of stabench.readout (training steps); else through the
+        logits (twice differentiable, for the curvature probe)."""
+        if fused:
+            lm_loss = fused_cross_entropy(ctx.hidden, self.ensemble.model.head.weight, ctx.targets)
+        else:
+            lm_loss = member_cross_entropy(ctx.member_logits, ctx.targets)
+        total = lm_loss
         for method in self.stack.owners("loss"):
             total = total + method.hook("loss")(ctx, method.args)
         return lm_loss, total
@@ -296,8 +303,8 @@ class EnsembleRun:
         model = self.ensemble.model
 
         def compute() -> torch.Tensor:
-            logits = model.readout(model.features(batch[..., :-1])[0])
-            ctx = self.context(step, lr=lr, batch=batch, member_logits=logits, targets=batch[..., 1:])
+            ctx = self.context(step, lr=lr, batch=batch, hidden=model.features(batch[..., :-1])[0],
+                               targets=batch[..., 1:])
             return self.losses(ctx)[1]
 
         if params is None:
@@ -388,7 +395,8 @@ class EnsembleRun:
         means = [m.mean_loss_since(self.last_probe) for m in self.members]
         self.last_probe = ctx.step
         ctx.loss = torch.tensor(means)
-        rows, owner = run_probes(ctx, self.probes)
+        with torch.no_grad():
+            rows, owner = run_probes(ctx, self.probes)
         self.owner.update(owner)
         diverged = [k for k, m in enumerate(self.members) if m.is_diverged(means[k], tr["diverge_factor"])]
         if len(diverged) < len(self.members) and (ctx.step % tr["eval_every"] == 0 or ctx.step == tr["steps"]):
