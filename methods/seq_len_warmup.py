@@ -22,6 +22,12 @@ its minimum). Early short-sequence steps see fewer tokens, so the warm-up also s
 steps. The LR of step s uses the tokens seen through step s (its own batch included), as the
 step schedule uses the 1-based step. Token counts cover the global batch (all processes).
 
+Budget (arg ``budget``): Li et al. compare at equal tokens, so by default (``tokens``) the run
+trains for as many steps as it takes to see the tokens the benchmark's full-length runs see
+(train.steps x seq_len per batch row; short early steps make it a few more steps), and its
+LR decays over those tokens; ``steps`` keeps the benchmark's step count (fewer tokens). The
+warm-up length in steps is fixed from the benchmark's own step count either way.
+
 Defaults chosen: start 8 (the paper's start for small models), ``steps`` = ``fraction`` 0.3
 of train.steps when not given (the paper warms up over a few percent to a third of training
 depending on scale; 30% keeps the effect visible in short benchmark runs), linear schedule,
@@ -38,7 +44,8 @@ from stabench.schedule import warmup_cosine
 
 VERSION = "2"
 ARGS = {"start": 8, "steps": None, "fraction": 0.3, "schedule": "linear", "root": 2.0,
-        "multiple": 8, "decay_tokens": "run"}
+        "multiple": 8, "decay_tokens": "run", "budget": "tokens"}
+BUDGETS = ("tokens", "steps")
 SCHEDULES = ("linear", "root")
 
 
@@ -81,7 +88,25 @@ def run_tokens_per_row(config: dict, args: dict) -> int:
                            args["start"], args["schedule"], float(args["root"]), args["multiple"])
 
 
+def steps_for_tokens(tokens_per_row: int, full: int, total: int, start: int, schedule: str, root: float,
+                     multiple: int) -> int:
+    """The fewest steps whose sequence lengths add up to at least ``tokens_per_row``."""
+    seen, step = 0, 0
+    while seen < tokens_per_row:
+        step += 1
+        seen += seq_len_at(step, full, total, start, schedule, root, multiple)
+    return step
+
+
 def configure(config, args):
+    if args["budget"] not in BUDGETS:
+        raise ValueError(f"seq_len_warmup: budget {args['budget']!r}; valid: {', '.join(BUDGETS)}")
+    # The warm-up length is fixed against the benchmark's steps, before any change to them.
+    args["steps"] = warmup_length(config, args)
+    if args["budget"] == "tokens":  # train as many tokens as the benchmark's full-length runs
+        train = config["train"]
+        train["steps"] = steps_for_tokens(train["steps"] * train["seq_len"], train["seq_len"], args["steps"],
+                                          args["start"], args["schedule"], float(args["root"]), args["multiple"])
     if args["schedule"] not in SCHEDULES:
         raise ValueError(f"seq_len_warmup: schedule {args['schedule']!r}; valid: {', '.join(SCHEDULES)}")
     if args["decay_tokens"] not in ("run", "full"):
