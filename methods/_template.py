@@ -24,6 +24,10 @@ from stabench.contract import Context, ParamOptions, Probe, ProbeFamily, StepHyp
 VERSION = "1"                 # recorded in every run and part of its identity: bump it when results change
 ARGS = {"strength": 1.0}      # argument names and defaults; a benchmark overrides them with
 #                               {use: your_method, args: {your_method: {strength: 2.0}}}
+ARG_TYPES = {}                # only where a default does not show the type, e.g. {"steps": (int, None)}
+#                               for ARGS = {"steps": None}; else a value must have its default's type
+ARG_ALLOWED = {"strength": ">= 0"}  # bounds as text ("> 0, <= 1") or a tuple of choices ("a", "b"):
+#                               a benchmark giving anything else fails at load, naming the argument
 CHANGES_LR_MEANING = False    # True if the method rescales what "peak LR" means (a parameterization,
 #                               another optimizer): the report then flags its LR sensitivity
 PACKABLE = True               # False only if runs of this method cannot train together

@@ -33,6 +33,7 @@ import torch
 VERSION = "1"
 CHANGES_LR_MEANING = True
 ARGS = {"a": 1.27, "b": 1.0}
+ARG_ALLOWED = {"a": "> 0", "b": "> 0"}
 
 
 class AdamAtan2:

@@ -10,14 +10,10 @@ benchmarks vary it with labels such as ``eps_1e-6`` and ``args: {adam_eps: {eps:
 The update_rms/grad_rms probes show whether eps matters at a given size.
 """
 
-from stabench.methods import MethodError
-
 VERSION = "1"
 ARGS = {"eps": 1e-15}
+ARG_ALLOWED = {"eps": ">= 0"}
 
 
 def configure(config, args):
-    eps = float(args["eps"])
-    if eps < 0:
-        raise MethodError(f"method adam_eps: eps must be >= 0, got {eps}")
-    config["optimizer"]["eps"] = eps
+    config["optimizer"]["eps"] = float(args["eps"])

@@ -14,6 +14,7 @@ next to nothing at every LR of the grid; pass ``weight_decay: 1.0e-4`` to get it
 
 VERSION = "1"
 ARGS = {"weight_decay": 0.1}
+ARG_ALLOWED = {"weight_decay": ">= 0"}
 
 
 def configure(config, args):

@@ -42,6 +42,8 @@ from stabench.model import parameter_roles
 
 VERSION = "1"
 ARGS = {"initial": None, "group_size": 1, "start": None, "every": None, "finish": 0.5}
+ARG_TYPES = {"initial": (int, None), "start": (int, None), "every": (int, None)}
+ARG_ALLOWED = {"initial": ">= 1", "group_size": ">= 1", "start": ">= 0", "every": ">= 1", "finish": "> 0, <= 1"}
 BUFFER = "depth_warmup_active"
 ZERO_AT_UNLOCK = ("attn.out.", "mlp.down.")
 

@@ -23,6 +23,8 @@ from stabench.methods import base_width as shared_base_width
 
 VERSION = "1"
 ARGS = {"base_width": None, "eps_base": None}
+ARG_TYPES = {"base_width": (int, None), "eps_base": (float, None)}
+ARG_ALLOWED = {"base_width": ">= 1", "eps_base": ">= 0"}
 SCALED_ROLES = ("hidden", "readout")
 
 

@@ -11,6 +11,7 @@ Choices: matrices (embedding, hidden, readout) decay, norm gains do not (the eng
 
 VERSION = "1"
 ARGS = {"weight_decay": 1e-4}
+ARG_ALLOWED = {"weight_decay": ">= 0"}
 
 
 def configure(config, args):

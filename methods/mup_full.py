@@ -32,6 +32,8 @@ from stabench.model import truncated_normal_
 
 VERSION = "1"
 ARGS = {"base_width": None}
+ARG_TYPES = {"base_width": (int, None)}
+ARG_ALLOWED = {"base_width": ">= 1"}
 CHANGES_LR_MEANING = True
 
 

@@ -24,6 +24,8 @@ from stabench.model import MATRIX_NDIM, parameter_roles
 
 VERSION = "1"
 ARGS = {"base_width": None}
+ARG_TYPES = {"base_width": (int, None)}
+ARG_ALLOWED = {"base_width": ">= 1"}
 CHANGES_LR_MEANING = True
 
 

@@ -47,6 +47,9 @@ ARGS = {"start": 8, "steps": None, "fraction": 0.3, "schedule": "linear", "root"
         "multiple": 8, "decay_tokens": "run", "budget": "tokens"}
 BUDGETS = ("tokens", "steps")
 SCHEDULES = ("linear", "root")
+ARG_TYPES = {"steps": (int, None)}
+ARG_ALLOWED = {"start": ">= 1", "steps": ">= 1", "fraction": "> 0, <= 1", "schedule": SCHEDULES, "root": "> 0",
+               "multiple": ">= 1", "decay_tokens": ("run", "full"), "budget": BUDGETS}
 
 
 def seq_len_at(step: int, full: int, total: int, start: int = 8, schedule: str = "linear",

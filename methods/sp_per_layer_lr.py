@@ -29,6 +29,8 @@ from stabench.methods import base_width as shared_base_width
 VERSION = "1"
 CHANGES_LR_MEANING = True
 ARGS = {"base_width": None}
+ARG_TYPES = {"base_width": (int, None)}
+ARG_ALLOWED = {"base_width": ">= 1"}
 EXPONENTS = {
     "embedding": {"a": 0.0, "c": 0.0},
     "hidden": {"a": 0.0, "b": 0.5, "c": 1.0},

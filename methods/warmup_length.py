@@ -19,6 +19,8 @@ from stabench.methods import MethodError
 
 VERSION = "1"
 ARGS = {"steps": None, "fraction": 0.2}
+ARG_TYPES = {"steps": (int, None)}
+ARG_ALLOWED = {"steps": ">= 0", "fraction": ">= 0, <= 1"}
 
 
 def warmup_steps(total_steps: int, args: dict) -> int:

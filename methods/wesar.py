@@ -45,6 +45,7 @@ from stabench.model import ROLE_ATTRIBUTE
 VERSION = "1"
 CHANGES_LR_MEANING = True
 ARGS = {"sigma2": 4e-5, "gate_lr_mult": 1.0, "embedding_init": "sigma"}
+ARG_ALLOWED = {"sigma2": "> 0", "gate_lr_mult": ">= 0", "embedding_init": ("sigma", "backbone")}
 
 
 class Gate(nn.Module):

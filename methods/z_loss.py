@@ -10,6 +10,7 @@ position and averaged over positions (as PaLM and Wortsman do), coefficient 1e-4
 
 VERSION = "1"
 ARGS = {"coef": 1e-4}
+ARG_ALLOWED = {"coef": ">= 0"}
 
 
 def loss(ctx, args):

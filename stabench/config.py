@@ -4,11 +4,21 @@ The schema in ``benchmarks/schema.yaml`` is the single source of truth for field
 and allowed values: the Snakefile validates with it too, so the CLI and the workflow can
 never disagree about what a benchmark means. Errors are one line that names the file, the
 field and what would be valid, because users edit these files by hand.
+
+What a schema cannot say is checked here too, so nothing wrong reaches a run: numbers must
+be finite (YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats, and NaN passes every
+``minimum``), integers must be integers (JSON Schema accepts 40.0), a key may appear once in
+a mapping (YAML keeps the last silently), and the fields must agree with each other
+(``check_consistent``). Names that become folders are slugs (``$defs.slug`` of the schema),
+so a benchmark can never write outside ``results/<name>/``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -19,10 +29,25 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "schema.yaml"
 BENCHMARKS_DIR = SCHEMA_PATH.parent
 SIZE_PLACEMENT_KEYS = ("gpus", "runtime_min", "mem_mb")
+RESULTS_ROOT = Path("results")  # relative to the folder the workflow or the CLI runs in
+
+
+class ConfigError(ValueError):
+    """A benchmark file or override is invalid; the message is one line for the user."""
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.1 reads '1e-3' (no dot) as a string; benchmark authors mean a number."""
+    """YAML 1.1 reads '1e-3' (no dot) as a string; benchmark authors mean a number.
+    A key given twice in one mapping is an error (PyYAML would keep the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Loader.add_implicit_resolver(
@@ -32,16 +57,36 @@ _Loader.add_implicit_resolver(
 )
 
 
-def read_yaml(text: str):
-    return yaml.load(text, Loader=_Loader)
+def read_yaml(text: str, source: str = "YAML"):
+    """Parse YAML; a syntax error is a ConfigError naming ``source`` and the line."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        raise ConfigError(f"{where}: not valid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
-class ConfigError(ValueError):
-    """A benchmark file or override is invalid; the message is one line for the user."""
-
-
+@functools.lru_cache(maxsize=1)
 def load_schema() -> dict:
-    return read_yaml(SCHEMA_PATH.read_text())
+    return read_yaml(SCHEMA_PATH.read_text(), str(SCHEMA_PATH))
+
+
+def slug_pattern() -> str:
+    """The regular expression (anchored) every name that becomes a folder matches."""
+    return load_schema()["$defs"]["slug"]["pattern"]
+
+
+def check_slug(field: str, value: str) -> str:
+    """``value`` if it is a safe folder name, else a ConfigError naming ``field``."""
+    slug = load_schema()["$defs"]["slug"]
+    if not isinstance(value, str) or not re.fullmatch(slug["pattern"], value) or len(value) > slug["maxLength"]:
+        raise ConfigError(f"{field}: got {value!r}; allowed: {slug['description']}")
+    return value
 
 
 def _with_defaults(validator_class):
@@ -58,7 +103,14 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-_Validator = _with_defaults(jsonschema.Draft202012Validator)
+def _strict_integer(checker, instance) -> bool:
+    """JSON Schema counts 40.0 as an integer; a step count or a seed must be a real int."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    _with_defaults(jsonschema.Draft202012Validator),
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _strict_integer))
 
 
 def _field_name(path) -> str:
@@ -82,19 +134,83 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"got {got!r}; allowed: {', '.join(map(repr, error.validator_value))}"
     if error.validator == "type":
         return f"got {got!r}; expected {error.validator_value}"
+    if error.validator in ("pattern", "maxLength") and "description" in schema:
+        return f"got {got!r}; allowed: {schema['description']}"
     if error.validator == "oneOf" and "items" not in schema:
         return f"got {got!r}; expected method names joined by '+' like 'a+b', or {{use: ..., args: ...}}"
     hint = schema.get("description")
     return f"got {got!r}: {error.message}" + (f" ({hint})" if hint else "")
 
 
+def _non_finite(node, path=()) -> tuple | None:
+    """(path, value) of the first NaN or infinity in a nested benchmark, else None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return path, node
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        found = _non_finite(value, (*path, key))
+        if found:
+            return found
+    return None
+
+
+def check_consistent(benchmark: dict) -> None:
+    """What the schema cannot express: fields that must agree with each other."""
+    train = benchmark["train"]
+    if train["warmup_steps"] > train["steps"]:
+        raise ConfigError(f"train.warmup_steps: got {train['warmup_steps']}; allowed: at most train.steps "
+                          f"({train['steps']})")
+    for lr in benchmark["learning_rates"]:
+        check_run_point(benchmark, lr, 0, field="learning_rates")
+    seeds = benchmark["seeds"]
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds: got {seeds}; allowed: each seed once (each is one run folder)")
+    for size in benchmark["sizes"]:
+        size_config(benchmark, size)
+    from .data.tokenizer import check_tokenizer_value  # the data layer owns what a tokenizer value means
+    check_tokenizer_value(benchmark["data"]["tokenizer"])
+
+
+def check_run_point(benchmark: dict, lr, seed, field: str = "lr") -> None:
+    """A run's peak LR and seed (from the benchmark's grid or the command line) are usable."""
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"{field}: got {lr!r}; allowed: a finite number > 0")
+    min_lr = benchmark["train"]["min_lr"]
+    if lr < min_lr:
+        raise ConfigError(f"{field}: got {lr!r}; allowed: at least train.min_lr ({min_lr!r}), "
+                          "since the schedule decays from the peak LR to min_lr")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed: got {seed!r}; allowed: an integer >= 0")
+
+
 def validate(benchmark: dict, source: str = "benchmark") -> dict:
     """Validate in place, fill defaults, and return the benchmark; raise ConfigError."""
+    bad = _non_finite(benchmark)
+    if bad:
+        raise ConfigError(f"{source}: {_field_name(bad[0])}: got {bad[1]!r}; allowed: a finite number")
     errors = sorted(_Validator(load_schema()).iter_errors(benchmark), key=lambda e: len(e.path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"{source}: {_field_name(err.absolute_path)}: {_describe(err)}")
+    try:
+        check_consistent(benchmark)
+    except ValueError as exc:  # ConfigError, or the data layer's DataError
+        raise ConfigError(f"{source}: {exc}") from None
     return benchmark
+
+
+def results_dir(benchmark: dict) -> Path:
+    """``results/<name>``: everything the workflow writes for a benchmark lies under it."""
+    return RESULTS_ROOT / check_slug("name", benchmark["name"])
+
+
+def inside(path: str | Path, root: str | Path) -> Path:
+    """``path`` if it lies under ``root`` with '..' resolved lexically (so a results/ that is
+    a symlink to another disk is fine), else a ConfigError."""
+    full, top = (os.path.normpath(os.path.abspath(p)) for p in (path, root))
+    if os.path.commonpath([full, top]) != top:
+        raise ConfigError(f"{path} lies outside {root}; refusing to write there")
+    return Path(path)
 
 
 def resolve_benchmark_path(name_or_path: str | Path) -> Path:
@@ -114,9 +230,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. train.steps=300")
     key, value = text.split("=", 1)
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
-        raise ConfigError(f"--set {text!r}: bad key {key!r}")
-    return key.split("."), read_yaml(value)
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", key):
+        raise ConfigError(f"--set {text!r}: bad key {key!r}; allowed: field names joined by '.', e.g. train.steps")
+    return key.split("."), read_yaml(value, f"--set {text!r}")
 
 
 def apply_overrides(benchmark: dict, overrides: list[str]) -> dict:
@@ -136,9 +252,10 @@ def load_benchmark(name_or_path: str | Path, overrides: list[str] | None = None)
     """Read, override and validate a benchmark file."""
     path = resolve_benchmark_path(name_or_path)
     try:
-        benchmark = read_yaml(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc})") from None
+    benchmark = read_yaml(text, str(path))
     if not isinstance(benchmark, dict):
         raise ConfigError(f"{path}: expected a mapping of fields at the top level")
     benchmark = apply_overrides(benchmark, overrides or [])
@@ -148,10 +265,10 @@ def load_benchmark(name_or_path: str | Path, overrides: list[str] | None = None)
 def method_specs(benchmark: dict) -> dict[str, dict]:
     """label -> {'use': 'a+b', 'args': {...}} for every method of the benchmark."""
     specs: dict[str, dict] = {}
-    for entry in benchmark["methods"]:
+    for i, entry in enumerate(benchmark["methods"]):
         if isinstance(entry, str):
             entry = {"use": entry}
-        label = entry.get("label", entry["use"])
+        label = check_slug(f"methods[{i}].label", entry.get("label", entry["use"]))
         if label in specs:
             raise ConfigError(f"methods: label {label!r} appears twice; give one a distinct 'label'")
         specs[label] = {"use": entry["use"], "args": entry.get("args", {})}

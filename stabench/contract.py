@@ -6,6 +6,14 @@ hook). The engine imports it by file name and reads:
 - the module docstring (required): what it does, which paper, which choices were made;
 - ``VERSION`` (required, str): recorded in every run, part of the run's identity;
 - ``ARGS`` (optional dict): argument names and defaults; a benchmark may override them;
+- ``ARG_TYPES`` (optional dict): the type (or tuple of types) an argument must have, where its
+  default does not say it (a default of None); otherwise a value must have its default's type
+  (an int default takes ints, a float default ints or floats, a bool only bools). Every
+  number must be finite. ``arg_problem`` below is the check;
+- ``ARG_ALLOWED`` (optional dict): the values an argument may take, either bounds as text
+  (``">= 0"``, ``"> 0, <= 1"``) or a tuple of choices (``("linear", "root")``); None passes
+  (a None default means "derive it"). A benchmark giving anything else fails when it loads,
+  with one line naming the method, the argument, the value and what is allowed;
 - ``CHANGES_LR_MEANING`` (optional bool): the method rescales what "peak LR" means;
 - ``PACKABLE`` (optional bool, default True) and ``UNPACKABLE_REASON`` (str): a method that
   cannot train as part of an ensemble says why; the workflow prints the reason and trains
@@ -24,6 +32,8 @@ there K = 1; a parameter or buffer a method adds must keep that leading dimensio
 from __future__ import annotations
 
 import inspect
+import math
+import re
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
@@ -255,6 +265,90 @@ def signature_problem(name: str, fn: Callable) -> str | None:
     if len(required) > len(expected) or len(positional) < len(expected):
         got = ", ".join(p.name for p in params)
         return f"hook {name!r} must take ({', '.join(expected)}), got ({got})"
+    return None
+
+
+# ---- method arguments ---------------------------------------------------------------------------
+
+_BOUND = re.compile(r"\s*(>=|<=|>|<)\s*([-+0-9.eE]+)\s*")
+_COMPARE = {">=": lambda x, b: x >= b, "<=": lambda x, b: x <= b, ">": lambda x, b: x > b, "<": lambda x, b: x < b}
+
+
+def parse_bounds(text: str) -> list[tuple[str, float]]:
+    """'> 0, <= 1' -> [('>', 0.0), ('<=', 1.0)]; ValueError if it does not read so."""
+    bounds = []
+    for part in text.split(","):
+        match = _BOUND.fullmatch(part)
+        if not match:
+            raise ValueError(f"cannot read bound {part.strip()!r}; write e.g. '>= 0' or '> 0, <= 1'")
+        bounds.append((match[1], float(match[2])))
+    return bounds
+
+
+def _types_of(default: Any, declared: Any) -> tuple[type, ...] | None:
+    """The types an argument accepts (None: any), from its declared type or its default."""
+    if declared is not None:
+        types = declared if isinstance(declared, tuple) else (declared,)
+    elif default is None:
+        return None
+    else:
+        types = (type(default),)
+    if float in types and int not in types:
+        types = (*types, int)  # a float argument takes 2 as well as 2.0
+    return tuple(type(None) if t is None else t for t in types)
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null",
+             list: "a list", dict: "a mapping"}
+    if float in types:
+        types = tuple(t for t in types if t is not int)
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def arg_problem(value: Any, default: Any, declared_type: Any = None, allowed: Any = None) -> str | None:
+    """Why ``value`` cannot be this argument ("... allowed: ..."), or None if it can."""
+    types = _types_of(default, declared_type)
+    if types is not None:
+        is_bool = isinstance(value, bool)
+        if not isinstance(value, types) or (is_bool and bool not in types):
+            return f"allowed: {_type_name(types)}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "allowed: a finite number"
+    if value is None or allowed is None:
+        return None
+    if isinstance(allowed, str):
+        bounds = parse_bounds(allowed)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not all(_COMPARE[op](value, bound) for op, bound in bounds):
+            return f"allowed: a number {allowed}"
+    elif value not in allowed:
+        return f"allowed: {', '.join(map(repr, allowed))}"
+    return None
+
+
+def declaration_problem(module: Any) -> str | None:
+    """Why a method's ARGS / ARG_TYPES / ARG_ALLOWED do not fit together, or None."""
+    args = getattr(module, "ARGS", {})
+    types, allowed = getattr(module, "ARG_TYPES", {}), getattr(module, "ARG_ALLOWED", {})
+    for table, name in ((types, "ARG_TYPES"), (allowed, "ARG_ALLOWED")):
+        if not isinstance(table, dict):
+            return f"{name} must be a dict keyed by argument names"
+        stray = sorted(set(table) - set(args))
+        if stray:
+            return f"{name} names {', '.join(stray)}, which ARGS does not define"
+    for key, spec in allowed.items():
+        if isinstance(spec, str):
+            try:
+                parse_bounds(spec)
+            except ValueError as exc:
+                return f"ARG_ALLOWED[{key!r}]: {exc}"
+        elif not isinstance(spec, (tuple, list)):
+            return f"ARG_ALLOWED[{key!r}] must be bounds as text ('>= 0') or a tuple of choices"
+    for key, default in args.items():
+        problem = arg_problem(default, default, types.get(key), allowed.get(key))
+        if problem:
+            return f"the default of argument {key!r} ({default!r}) does not pass its own check ({problem})"
     return None
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from .contract import EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Probe, as_probe, signature_problem
+from .contract import (EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Probe, arg_problem, as_probe, declaration_problem,
+                       signature_problem)
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "methods"
 METHODS_PATH_VARIABLE = "STABENCH_METHODS_PATH"
@@ -83,6 +84,9 @@ def _contract_problem(module: ModuleType) -> str | None:
         return "needs VERSION = '<version string>'"
     if not isinstance(getattr(module, "ARGS", {}), dict):
         return "ARGS must be a dict of argument names and defaults"
+    problem = declaration_problem(module)
+    if problem:
+        return problem
     if getattr(module, "PACKABLE", True) is False and not getattr(module, "UNPACKABLE_REASON", ""):
         return "sets PACKABLE = False without UNPACKABLE_REASON = '<why>'"
     for hook in HOOKS:
@@ -109,12 +113,33 @@ def load_module(name: str) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[key]
-        raise MethodError(f"method {name!r} ({path}) failed to import: {exc!r}") from exc
+        raise MethodError(f"method {name!r} ({import_failure(path, exc)}) failed to import: "
+                          f"{type(exc).__name__}: {exc_text(exc)}") from None
     problem = _contract_problem(module)
     if problem:
         del sys.modules[key]
         raise MethodError(f"method {name!r} ({path}) {problem}")
     return module
+
+
+def exc_text(exc: BaseException) -> str:
+    """The first line of an exception's message (SyntaxError: its own message only)."""
+    text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+    return (text.strip().splitlines() or [""])[0]
+
+
+def import_failure(path: Path, exc: BaseException) -> str:
+    """'file:line' where importing a method file failed (the deepest frame in that file)."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"{path}:{exc.lineno}"
+    lines = [tb.tb_lineno for tb in _frames(exc.__traceback__) if Path(tb.tb_frame.f_code.co_filename) == path]
+    return f"{path}:{lines[-1]}" if lines else str(path)
+
+
+def _frames(tb):
+    while tb is not None:
+        yield tb
+        tb = tb.tb_next
 
 
 @dataclass
@@ -159,6 +184,11 @@ def load_method(name: str, args: dict | None = None) -> Method:
     if unknown:
         valid = ", ".join(defaults) or "none"
         raise MethodError(f"method {name!r}: unknown argument(s) {', '.join(unknown)}; valid: {valid}")
+    types, allowed = getattr(module, "ARG_TYPES", {}), getattr(module, "ARG_ALLOWED", {})
+    for key, value in args.items():
+        problem = arg_problem(value, defaults[key], types.get(key), allowed.get(key))
+        if problem:
+            raise MethodError(f"method {name!r}: argument {key}: got {value!r}; {problem}")
     return Method(name, module, {**defaults, **args})
 
 

@@ -16,8 +16,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .config import ConfigError, method_specs, size_config
-from .methods import MethodStack, load_stack
+from .config import ConfigError, check_run_point, check_slug, method_specs, size_config
+from .methods import MethodError, MethodStack, load_stack
 
 # Settings that change where or how often a run is stored, not what it computes; and the
 # names under which it is stored (the same run may be stored under another label).
@@ -49,7 +49,7 @@ def lr_labels(learning_rates: list[float]) -> dict[str, float]:
     """label -> exact LR for a benchmark's grid; two LRs with one label are a one-line error."""
     labels: dict[str, float] = {}
     for lr in learning_rates:
-        label = lr_label(lr)
+        label = check_slug("learning_rates", lr_label(lr))
         if label in labels:
             raise ConfigError(f"learning_rates: {labels[label]!r} and {float(lr)!r} are the same run "
                               f"(folder label lr{label}); list each LR once")
@@ -59,6 +59,7 @@ def lr_labels(learning_rates: list[float]) -> dict[str, float]:
 
 def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int, world_size: int = 1) -> ResolvedRun:
     """The run (method label, size, peak LR, seed) of ``benchmark`` on ``world_size`` processes."""
+    check_run_point(benchmark, lr, seed)
     specs = method_specs(benchmark)
     spec = specs.get(method, {"use": method, "args": {}})
     stack = load_stack(spec["use"], spec["args"])
@@ -86,7 +87,13 @@ def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int
     }
     for method_ in stack.methods:
         if method_.hook("configure"):
-            method_.hook("configure")(config, method_.args)
+            try:
+                method_.hook("configure")(config, method_.args)
+            except (ConfigError, MethodError):
+                raise
+            except (ValueError, TypeError, KeyError) as exc:  # a method's own check of its arguments
+                raise MethodError(f"method {method_.name!r}: {type(exc).__name__}: {exc} "
+                                  f"(arguments {method_.args})") from None
     del config["benchmark_sizes"]
     config["methods"] = copy.deepcopy(stack.describe())
     return ResolvedRun(config, run_identity(config))

@@ -43,6 +43,7 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
     out = Path(out_dir)
     cached = _reusable_manifest(out, data_cfg)
     if cached is not None:
+        _check_vocab(data_cfg, cached["vocab_size"])
         return cached
     out.mkdir(parents=True, exist_ok=True)
     train_docs, val_docs = split_documents(
@@ -52,6 +53,7 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
     tok_json = tok.to_str()
     write_text(out / "tokenizer.json", tok_json)
     eos, vocab = eos_id(tok), tok.get_vocab_size()
+    _check_vocab(data_cfg, vocab)
     dtype = token_dtype(vocab)
     train = encode_documents(tok, train_docs, eos, dtype, progress=progress, desc="tokenize train")
     val = encode_documents(tok, val_docs, eos, dtype, progress=progress, desc="tokenize val")
@@ -124,6 +126,15 @@ def _build_tokenizer(data_cfg: Mapping[str, Any], train_docs: list[str]) -> Toke
     if name == "bpe":
         return train_bpe(train_docs, int(data_cfg.get("vocab_size", 2048)))
     return load_pretrained(name)
+
+
+def _check_vocab(data_cfg: Mapping[str, Any], vocab: int) -> None:
+    """A trained BPE stops merging when the corpus has no pair left: a vocab_size above what
+    the corpus yields would silently train a smaller model than the benchmark says."""
+    asked = int(data_cfg.get("vocab_size", 2048))
+    if str(data_cfg.get("tokenizer", "bpe")) == "bpe" and vocab < asked:
+        raise DataError(f"data.vocab_size {asked}: byte-level BPE on this train split yields only {vocab} "
+                        f"tokens; valid: at most {vocab} (or a larger corpus)")
 
 
 def _reusable_manifest(out: Path, data_cfg: Mapping[str, Any]) -> dict | None:

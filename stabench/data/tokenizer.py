@@ -8,6 +8,7 @@ tokens, so any text round-trips.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,9 +39,31 @@ def train_bpe(train_docs: Sequence[str], vocab_size: int) -> Tokenizer:
     return tok
 
 
+VALID_TOKENIZERS = "'bpe', a path to a tokenizer.json file, or a hub tokenizer name (online)"
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")
+
+
+def looks_like_path(value: str) -> bool:
+    """A value a user means as a file: it ends in .json, starts like a path (/ . ~), or is not
+    a hub name ('gpt2', 'org/name')."""
+    return value.endswith(".json") or value.startswith(("/", ".", "~")) or not _HUB_NAME.fullmatch(value)
+
+
+def check_tokenizer_value(value: str) -> None:
+    """A tokenizer value that names a missing file is an error at once, without asking the hub
+    (which would retry for half a minute before giving up)."""
+    if value == "bpe" or not looks_like_path(value):
+        return
+    path = Path(value).expanduser()
+    if not (path.is_file() or (path / "tokenizer.json").is_file()):
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()})"
+        raise config_error("tokenizer", value, f"no such file{where}", VALID_TOKENIZERS)
+
+
 def load_pretrained(name_or_path: str) -> Tokenizer:
     """Load a ``tokenizer.json`` file, or a hub tokenizer by name (needs network)."""
-    path = Path(name_or_path)
+    check_tokenizer_value(name_or_path)
+    path = Path(name_or_path).expanduser()
     try:
         if path.is_dir() and (path / "tokenizer.json").is_file():
             return Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -49,10 +72,7 @@ def load_pretrained(name_or_path: str) -> Tokenizer:
         return Tokenizer.from_pretrained(name_or_path)
     except Exception as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise config_error(
-            "tokenizer", name_or_path, f"cannot load tokenizer ({msg})",
-            "'bpe', a path to a tokenizer.json file, or a hub tokenizer name (online)",
-        ) from None
+        raise config_error("tokenizer", name_or_path, f"cannot load tokenizer ({msg})", VALID_TOKENIZERS) from None
 
 
 def eos_id(tok: Tokenizer) -> int:
