@@ -1,7 +1,9 @@
 """Command line: ``stabench prepare | train | describe | methods | build-tasks | eval``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
-names and arguments, size, corpus), so bad input costs seconds and prints one line.
+names and arguments, size, corpus), so bad input costs seconds and prints one line; usage
+errors too. Every command goes offline unless its benchmark needs the hub
+(``stabench.offline``), and dies with the workflow that started it (``stabench.lifeline``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import ConfigError, load_benchmark, method_specs, size_config
+from . import lifeline, offline
+from .config import ConfigError, load_benchmark, method_specs, results_dir, size_config
 from .data import DataError, prepare_data
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
@@ -29,7 +32,14 @@ USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
 
 
 def default_data_dir(benchmark: dict) -> Path:
-    return Path("results") / benchmark["name"] / "data"
+    return results_dir(benchmark) / "data"
+
+
+def load(args) -> dict:
+    """The command's validated benchmark (with --set), and offline mode unless it needs the hub."""
+    benchmark = load_benchmark(args.benchmark, args.set)
+    offline.network_for(benchmark)
+    return benchmark
 
 
 def ensure_data(benchmark: dict, data_dir: Path | None, progress: bool) -> Path:
@@ -39,7 +49,7 @@ def ensure_data(benchmark: dict, data_dir: Path | None, progress: bool) -> Path:
 
 
 def cmd_prepare(args) -> int:
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load(args)
     data_dir = ensure_data(benchmark, args.out, progress=not args.no_progress)
     print(f"data ready in {data_dir}")
     return 0
@@ -76,7 +86,7 @@ def training_benchmark(args) -> dict:
     """Threads as Snakemake gives them, then the validated benchmark (train and train-pack)."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_benchmark(args.benchmark, args.set)
+    return load(args)
 
 
 def world_size() -> int:
@@ -135,15 +145,21 @@ def cmd_methods(args) -> int:
             stack = load_stack(spec["use"], spec["args"])
             print(f"{label:32s} {' + '.join(f'{m.name} v{m.version}' for m in stack.methods)}")
         return 0
+    broken = 0
     for name in known_methods():
-        module = load_module(name)
+        try:
+            module = load_module(name)
+        except MethodError as exc:  # one broken file must not hide the others
+            print(f"stabench: error: {exc}", file=sys.stderr)
+            broken += 1
+            continue
         summary = (module.__doc__ or "").strip().splitlines()[0]
         print(f"{name:24s} v{module.VERSION:6s} {summary}")
-    return 0
+    return 1 if broken else 0
 
 
 def cmd_describe(args) -> int:
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load(args)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "method_docs.json", method_docs(benchmark))
     write_json(args.out / "provenance.json", provenance())
@@ -155,9 +171,9 @@ def cmd_describe(args) -> int:
 def cmd_build_tasks(args) -> int:
     from .evaluation.tasks import build_tasks
 
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load(args)
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
-    out = args.out or default_data_dir(benchmark).parent / "eval_tasks"
+    out = args.out or results_dir(benchmark) / "eval_tasks"
     manifest = build_tasks(data_dir, out, n_examples=benchmark["eval"]["n_examples"], seed=benchmark["eval"]["seed"])
     counts = ", ".join(f"{t}: {v['examples']} examples" for t, v in manifest["tasks"].items())
     print(f"eval tasks from {manifest['val_docs']} held-out documents -> {out} ({counts})")
@@ -181,10 +197,10 @@ def evaluate(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load(args)
     cfg = benchmark["eval"]
     data_dir = args.data or default_data_dir(benchmark)
-    tasks_dir = args.tasks_dir or default_data_dir(benchmark).parent / "eval_tasks"
+    tasks_dir = args.tasks_dir or results_dir(benchmark) / "eval_tasks"
     if not args.best and len(args.runs) != 1:
         raise ConfigError(f"stabench eval: give one --runs folder, or several with --best (got {len(args.runs)})")
     tasks = args.tasks.split(",") if args.tasks else cfg["tasks"]
@@ -202,7 +218,7 @@ def evaluate(args) -> int:
 
 
 def cmd_speed(args) -> int:
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load(args)
     if args.shape:
         benchmark["sizes"] = shape_sizes(args.shape)
     sizes = args.sizes or list(benchmark["sizes"])
@@ -220,8 +236,30 @@ def cmd_speed(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other stabench error (argparse prints the usage too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def _number(kind: type, low: int):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= {low}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"got {text!r}; allowed: an integer >= {low}")
+        return value
+    return parse
+
+
+POSITIVE, COUNT = _number(int, 1), _number(int, 0)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stabench", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     def common(p):
@@ -240,13 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a method label of the benchmark, or names joined by +")
     p.add_argument("--size", required=True, help="a size named in the benchmark")
     p.add_argument("--lr", type=float, required=True, help="peak learning rate")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=COUNT, default=0)
     p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json, history.csv, checkpoint")
     p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
-    p.add_argument("--gpus", type=int, default=0,
+    p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (Snakemake passes its thread count)")
+    p.add_argument("--gpus", type=COUNT, default=0,
                    help="take this many GPUs from the lock pool (stabench/gpu_pool.py); >1 runs DDP")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (pool slots per GPU)")
+    p.add_argument("--runs-per-gpu", type=POSITIVE, default=1, help="runs sharing one GPU (pool slots per GPU)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-pack", help="train runs differing only in LR/seed together (batched ensemble)")
@@ -256,9 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", action="append", required=True, metavar="LR:SEED:OUT_DIR",
                    help="one member of the pack (repeat)")
     p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--gpus", type=int, default=0, help="take a GPU from the lock pool (packs use one GPU)")
-    p.add_argument("--runs-per-gpu", type=int, default=1)
+    p.add_argument("--threads", type=POSITIVE)
+    p.add_argument("--gpus", type=COUNT, default=0, help="take a GPU from the lock pool (packs use one GPU)")
+    p.add_argument("--runs-per-gpu", type=POSITIVE, default=1)
     p.set_defaults(func=cmd_train_pack)
 
     p = sub.add_parser("describe", help="write method docs, provenance and the resolved benchmark")
@@ -282,21 +320,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks-dir", type=Path, help="offline tasks folder (default results/<benchmark>/eval_tasks)")
     p.add_argument("--tasks", help="comma-separated tasks instead of the benchmark's eval.tasks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="instead of the benchmark's eval.device")
-    p.add_argument("--threads", type=int, help="torch CPU threads (Snakemake passes its thread count)")
-    p.add_argument("--gpus", type=int, default=0,
+    p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (Snakemake passes its thread count)")
+    p.add_argument("--gpus", type=COUNT, default=0,
                    help="1: wait for a free GPU slot in the lock pool (stabench/gpu_pool.py), as train --gpus does")
-    p.add_argument("--runs-per-gpu", type=int, default=1, help="runs sharing one GPU (pool slots per GPU)")
+    p.add_argument("--runs-per-gpu", type=POSITIVE, default=1, help="runs sharing one GPU (pool slots per GPU)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("speed", help="tokens/s and MFU of the trainer on random tokens")
     common(p)
     p.add_argument("--sizes", nargs="+", help="sizes of the benchmark (default: all)")
     p.add_argument("--shape", nargs="+", metavar="DxLxH", help="explicit shapes instead, e.g. 128x2x2 512x8x8")
-    p.add_argument("--batch", type=int, help="batch size (default: the benchmark's)")
-    p.add_argument("--seq", type=int, help="sequence length (default: the benchmark's)")
-    p.add_argument("--vocab", type=int, help="vocabulary size (default: the benchmark's)")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--warmup", type=int, default=30, help="steps excluded from the timing")
+    p.add_argument("--batch", type=POSITIVE, help="batch size (default: the benchmark's)")
+    p.add_argument("--seq", type=POSITIVE, help="sequence length (default: the benchmark's)")
+    p.add_argument("--vocab", type=POSITIVE, help="vocabulary size (default: the benchmark's)")
+    p.add_argument("--steps", type=POSITIVE, default=100)
+    p.add_argument("--warmup", type=COUNT, default=30, help="steps excluded from the timing")
     p.add_argument("--compile", choices=["off", "on", "both"], default="both")
     p.add_argument("--method", help="a method label of the benchmark (default: its first method)")
     p.add_argument("--out", type=Path, help="write the results as JSON")
@@ -312,8 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    lifeline.follow_workflow()
     try:
         return args.func(args)
     except USER_ERRORS as exc:
         print(f"stabench: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a folder that cannot be written, a full disk: the system's own words
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"stabench: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
