@@ -7,8 +7,9 @@ by a different run is never resumed by mistake. Only tensors, numbers, strings, 
 dicts are stored: ``torch.load(..., weights_only=True)`` reads it without executing code.
 
 The previous checkpoint is kept as ``checkpoint.prev.pt``: a damaged (truncated, corrupt)
-checkpoint is reported in one line and the run resumes from the previous one, or from
-scratch when both are unreadable.
+checkpoint is reported in one line, removed (so the next save does not keep it as the
+previous one) and the run resumes from the previous one, or from scratch when both are
+unreadable. ``read_checkpoint`` is only called by a trainer holding the run's lock.
 """
 
 from __future__ import annotations
@@ -47,24 +48,37 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> None:
     save_torch(path, {**payload, "rng": rng_state()})
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+REQUIRED_KEYS = ("identity", "step", "finished", "model")
+
+
+def damage(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(checkpoint, None) if ``path`` reads as a stabench checkpoint, else (None, what is wrong)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError("not a stabench checkpoint")
-        return state
-    except Exception as exc:  # noqa: BLE001 (any damage: report it and fall back)
-        print(f"stabench: {path} is damaged ({str(exc).splitlines()[0][:120]}); not resuming from it",
-              file=sys.stderr)
-        return None
+    except Exception as exc:  # noqa: BLE001 (any damage: torch raises many kinds)
+        text = str(exc).strip().splitlines()
+        return None, f"{type(exc).__name__}: {text[0][:120] if text else ''}"
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
+        return None, "not a stabench checkpoint"
+    return state, None
 
 
 def read_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     """The newest readable checkpoint of ``out_dir`` (the previous one if the last is damaged)."""
+    damaged = []
     for name in (CHECKPOINT_NAME, PREVIOUS_NAME):
         path = Path(out_dir) / name
-        if path.is_file():
-            state = _read(path)
-            if state is not None:
-                return state
+        if not path.is_file():
+            continue
+        state, problem = damage(path)
+        if state is None:
+            damaged.append(f"{path} is damaged ({problem})")
+            path.unlink()
+            continue
+        if damaged:
+            print(f"stabench: {'; '.join(damaged)}; removed it, resuming from {name} (step {state['step']})",
+                  file=sys.stderr)
+        return state
+    if damaged:
+        print(f"stabench: {'; '.join(damaged)}; removed, training from scratch", file=sys.stderr)
     return None

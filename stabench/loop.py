@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import platform
 import time
 import warnings
@@ -130,8 +131,15 @@ def run_locks(out_dirs: list[Path]):
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
                 handle.close()
-                raise ConfigError(f"{out_dir} is being trained by another process; wait for it or stop it") from None
+                raise ConfigError(f"{out_dir} is being trained by another process (pid {holder}); "
+                                  "wait for it or stop it") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
             handles.append(handle)
         yield
     finally:

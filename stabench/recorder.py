@@ -11,6 +11,7 @@ identity) is retrained, because the benchmark changed it.
 
 from __future__ import annotations
 
+import json
 import math
 import platform
 from dataclasses import dataclass, field
@@ -37,8 +38,15 @@ def slot(config: dict) -> dict:
 
 
 def check_folder(out_dir: Path, state: dict | None, config: dict) -> None:
-    """Refuse (one line naming both) to write a run into a folder holding another run."""
+    """Refuse (one line naming both) to write a run into a folder holding another run: its
+    checkpoint says so, or (no readable checkpoint) its metrics.json does."""
     theirs = (state or {}).get("slot")
+    if theirs is None and (Path(out_dir) / METRICS_NAME).is_file():
+        try:
+            metrics = json.loads((Path(out_dir) / METRICS_NAME).read_text(encoding="utf-8"))
+            theirs = {k: metrics[k] for k in slot(config)}
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            theirs = None  # damaged or foreign: nothing to protect, it is rewritten
     if theirs is not None and theirs != slot(config):
         raise ConfigError(f"{out_dir} holds the run {theirs}; refusing to write the run {slot(config)} there "
                           "(choose another --out)")

@@ -12,19 +12,26 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from .checkpoint import CHECKPOINT_NAME
-from .data import load_data
+from .checkpoint import CHECKPOINT_NAME, damage
+from .data import DataError, load_data
 from .ensemble import build_member
 from .model import GPT
 
+REPAIR_HINT = "run snakemake again: it removes damaged run files and rebuilds them"
+
 
 def read_metrics(run_dir: str | Path) -> dict:
+    """A finished run's metrics.json; a missing or damaged one is a one-line DataError naming it."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the run has not finished")
-    return json.loads(path.read_text())
+        raise DataError(f"{path} not found: the run has not finished")
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path} is damaged ({type(exc).__name__}: {exc}); {REPAIR_HINT}") from None
+    if not isinstance(metrics, dict) or "config" not in metrics:
+        raise DataError(f"{path} is damaged (not a stabench metrics file); {REPAIR_HINT}")
+    return metrics
 
 
 def load_run_model(run_dir: str | Path, *, at_init: bool = False, device: str = "cpu") -> tuple[GPT, dict]:
@@ -32,7 +39,10 @@ def load_run_model(run_dir: str | Path, *, at_init: bool = False, device: str = 
     metrics = read_metrics(run_dir)
     model = build_member(metrics["config"])
     if not at_init:
-        state = torch.load(Path(run_dir) / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        path = Path(run_dir) / CHECKPOINT_NAME
+        state, problem = damage(path) if path.is_file() else (None, "missing")
+        if state is None:
+            raise DataError(f"{path} is {'missing' if problem == 'missing' else f'damaged ({problem})'}; {REPAIR_HINT}")
         model.load_state_dict(state["model"])
     return model.to(device).eval(), metrics
 

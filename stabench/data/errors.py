@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 class DataError(ValueError):
-    """A data config or a prepared data folder that cannot be used."""
+    """A data config, a prepared data folder or a run's result file that cannot be used."""
 
 
 def config_error(key: str, value: object, problem: str, valid: str) -> DataError:

@@ -29,18 +29,17 @@ Record layout::
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 import math
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..io import write_json
+from ..offline import go_offline
 from .tasks import LOCAL_NAMES
 
 log = logging.getLogger(__name__)
@@ -50,7 +49,9 @@ BOOTSTRAP_ITERS = 1000  # stderr of perplexity by bootstrap; acc's is closed-for
 
 # ---------------------------------------------------------------------------- selection
 def _metrics(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
+    from ..runs import read_metrics  # one reader of metrics.json, with one-line errors
+
+    return read_metrics(run_dir)
 
 
 def _num(x) -> float:
@@ -116,6 +117,7 @@ def hub_offline(timeout: float = 3.0) -> bool:
     retries before being skipped. HF_HUB_OFFLINE / HF_DATASETS_OFFLINE set by the user win;
     otherwise one TCP connection to the hub decides. Offline mode is set in the environment
     and, since ``datasets`` and ``huggingface_hub`` read it at import, in their loaded config.
+    Benchmarks that need no hub are offline before this is asked (``stabench.offline``).
     """
     truthy = ("1", "true", "yes", "on")
     offline = any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
@@ -126,11 +128,7 @@ def hub_offline(timeout: float = 3.0) -> bool:
         except OSError:
             offline = True
     if offline:
-        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
-        if (hub := sys.modules.get("huggingface_hub.constants")) is not None:
-            hub.HF_HUB_OFFLINE = True
-        if (cfg := sys.modules.get("datasets.config")) is not None:
-            cfg.HF_HUB_OFFLINE = cfg.HF_DATASETS_OFFLINE = True
+        go_offline()
     return offline
 
 
