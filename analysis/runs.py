@@ -86,8 +86,15 @@ def with_effective_loss(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_metrics(path: Path | str) -> dict:
-    """Parse metrics.json (Python's json accepts the NaN/Infinity a trainer may write)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse metrics.json (Python's json accepts the NaN/Infinity a trainer may write); a
+    damaged one is a ValueError naming the file (snakemake removes and rebuilds it on its next run)."""
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); run snakemake again to rebuild it") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); run snakemake again to rebuild it")
+    return metrics
 
 
 def run_row(metrics: dict, run_dir: Path | str) -> dict:
