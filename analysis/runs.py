@@ -87,14 +87,15 @@ def with_effective_loss(runs: pd.DataFrame) -> pd.DataFrame:
 
 def read_metrics(path: Path | str) -> dict:
     """Parse metrics.json (Python's json accepts the NaN/Infinity a trainer may write); a
-    damaged one is a ValueError naming the file (snakemake removes and rebuilds it on its next run)."""
+    damaged file (metrics or eval record) is a ValueError naming it (snakemake removes and
+    rebuilds it on its next run)."""
     try:
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path} is damaged ({type(exc).__name__}: {exc}); run snakemake again to rebuild it") from None
-    if not isinstance(metrics, dict):
+    if not isinstance(record, dict):
         raise ValueError(f"{path} is damaged (not a JSON object); run snakemake again to rebuild it")
-    return metrics
+    return record
 
 
 def run_row(metrics: dict, run_dir: Path | str) -> dict:
@@ -188,7 +189,7 @@ def join_evals(runs: pd.DataFrame, eval_paths: Iterable[Path | str]) -> pd.DataF
             return None
 
     for path in eval_paths:
-        rec = json.loads(Path(path).read_text(encoding="utf-8"))
+        rec = read_metrics(path)
         for cand in rec.get("candidates") or []:  # the other runs of a 'best' selection
             i = at(rec.get("method"), rec.get("size"), cand.get("lr"), cand.get("seed"))
             if i is not None and not status[i]:
