@@ -19,6 +19,7 @@ from typing import Any
 
 import os
 import sys
+import zipfile
 
 import torch
 
@@ -52,7 +53,11 @@ REQUIRED_KEYS = ("identity", "step", "finished", "model")
 
 
 def damage(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(checkpoint, None) if ``path`` reads as a stabench checkpoint, else (None, what is wrong)."""
+    """(checkpoint, None) if ``path`` reads as a stabench checkpoint, else (None, what is wrong).
+    The CRCs are checked first: torch.load does not, and would load flipped bytes as weights."""
+    problem = quick_damage(path, full_check_bytes=1 << 62)
+    if problem:
+        return None, problem
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 (any damage: torch raises many kinds)
@@ -61,6 +66,20 @@ def damage(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         return None, "not a stabench checkpoint"
     return state, None
+
+
+def quick_damage(path: Path, full_check_bytes: int = 64 << 20) -> str | None:
+    """What is wrong with a checkpoint file, judged without unpickling it (cheap enough for
+    every run of a grid at workflow start): its zip structure, and the CRC of every record
+    when the file is small. None when it looks whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith("data.pkl") for n in archive.namelist()):
+                return "not a torch checkpoint"
+            bad = archive.testzip() if Path(path).stat().st_size <= full_check_bytes else None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return f"record {bad} fails its CRC check" if bad else None
 
 
 def read_checkpoint(out_dir: Path) -> dict[str, Any] | None:

@@ -27,9 +27,6 @@ all-reduce, and every rank takes the same divergence decision. Packs are single-
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
 import platform
 import time
 import warnings
@@ -54,6 +51,7 @@ from .probes import all_probes, families, run_probes
 from .progress import Progress
 from .readout import fused_cross_entropy
 from .recorder import Member
+from .runlock import run_locks
 from .runspec import ResolvedRun
 from .schedule import learning_rates, tokens_before
 from .update import AdamW, Optimizer, OptimizerView
@@ -117,34 +115,6 @@ def check_same_ensemble(runs: list[ResolvedRun]) -> None:
     pairs = [(r.config["lr"], r.config["seed"]) for r in runs]
     if len(set(pairs)) != len(pairs):
         raise ConfigError("the same (lr, seed) appears twice among runs trained together")
-
-
-@contextlib.contextmanager
-def run_locks(out_dirs: list[Path]):
-    """Hold an exclusive lock on each run folder while training it (released on any exit, also
-    kill -9), so two processes never train the same run at once."""
-    handles = []
-    try:
-        for out_dir in out_dirs:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            handle = open(out_dir / ".lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "unknown"
-                handle.close()
-                raise ConfigError(f"{out_dir} is being trained by another process (pid {holder}); "
-                                  "wait for it or stop it") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-            handles.append(handle)
-        yield
-    finally:
-        for handle in handles:
-            handle.close()
 
 
 def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,

@@ -32,9 +32,12 @@ from .spikes import loss_spikes
 METRICS_NAME, HISTORY_NAME, LOSSES_NAME = "metrics.json", "history.csv", "losses.csv"
 
 
+SLOT_KEYS = ("benchmark", "method", "size", "lr", "seed")
+
+
 def slot(config: dict) -> dict:
     """The place of a run in its benchmark's grid (what its folder stands for)."""
-    return {k: config[k] for k in ("benchmark", "method", "size", "lr", "seed")}
+    return {k: config[k] for k in SLOT_KEYS}
 
 
 def check_folder(out_dir: Path, state: dict | None, config: dict) -> None:
@@ -44,7 +47,7 @@ def check_folder(out_dir: Path, state: dict | None, config: dict) -> None:
     if theirs is None and (Path(out_dir) / METRICS_NAME).is_file():
         try:
             metrics = json.loads((Path(out_dir) / METRICS_NAME).read_text(encoding="utf-8"))
-            theirs = {k: metrics[k] for k in slot(config)}
+            theirs = {k: metrics[k] for k in SLOT_KEYS}
         except (ValueError, UnicodeDecodeError, KeyError, TypeError):
             theirs = None  # damaged or foreign: nothing to protect, it is rewritten
     if theirs is not None and theirs != slot(config):
