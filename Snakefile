@@ -18,6 +18,7 @@ include: "workflow/rules/resources.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/eval.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/repair.smk"
 
 
 rule all:

@@ -16,6 +16,7 @@ so a benchmark can never write outside ``results/<name>/``.
 from __future__ import annotations
 
 import copy
+import difflib
 import functools
 import math
 import os
@@ -211,6 +212,35 @@ def inside(path: str | Path, root: str | Path) -> Path:
     if os.path.commonpath([full, top]) != top:
         raise ConfigError(f"{path} lies outside {root}; refusing to write there")
     return Path(path)
+
+
+# The workflow's --config keys: default and least value (benchmark: a name or a path).
+WORKFLOW_SETTINGS = {"benchmark": ("cpu", None), "train_threads": (1, 1), "gpus": (0, 0), "runs_per_gpu": (1, 1),
+                     "pack": (1, 0)}
+
+
+def workflow_settings(config: dict) -> dict:
+    """Snakemake's ``--config`` checked: known keys (did-you-mean), integers in range."""
+    settings = {}
+    for key in config:
+        if key not in WORKFLOW_SETTINGS:
+            close = difflib.get_close_matches(key, WORKFLOW_SETTINGS, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"--config {key}: unknown key; {hint}known: {', '.join(WORKFLOW_SETTINGS)}")
+    for key, (default, least) in WORKFLOW_SETTINGS.items():
+        value = config.get(key, default)
+        if key == "pack" and isinstance(value, bool):  # pack=true / pack=false
+            value = int(value)
+        if least is None:
+            if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
+                raise ConfigError(f"--config {key}={value!r}: allowed: a benchmark name or a YAML file path")
+            settings[key] = str(value)
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < least or (key == "pack" and value > 1):
+            allowed = "0 or 1" if key == "pack" else f"an integer >= {least}"
+            raise ConfigError(f"--config {key}={value!r}: allowed: {allowed}")
+        settings[key] = value
+    return settings
 
 
 def resolve_benchmark_path(name_or_path: str | Path) -> Path:

@@ -1,4 +1,8 @@
-"""Load and validate the benchmark, and expand it into the grid of runs."""
+"""Load and validate the benchmark and --config, and expand the grid of runs.
+
+Every bad input stops the workflow here, before any job, with stabench's one-line message;
+names that become folders are slugs, so every path below lies under results/<benchmark>/.
+"""
 
 import json
 import sys
@@ -8,12 +12,14 @@ import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path
+from stabench.config import (ConfigError, inside, load_benchmark, method_specs, resolve_benchmark_path, results_dir,
+                             slug_pattern, workflow_settings)
 from stabench.methods import MethodError, load_stack
 from stabench.runspec import lr_labels, resolve_run
 
 try:
-    BENCHMARK_FILE = resolve_benchmark_path(config.get("benchmark", "cpu"))
+    SETTINGS = workflow_settings(config)  # --config keys and values
+    BENCHMARK_FILE = resolve_benchmark_path(SETTINGS["benchmark"])
     # stabench's own check first: it names the field and what is allowed in one line.
     BENCHMARK = load_benchmark(BENCHMARK_FILE)
     STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}
@@ -25,18 +31,18 @@ except (ConfigError, MethodError) as exc:
 validate(BENCHMARK, str(workflow.source_path("../../benchmarks/schema.yaml")))
 
 NAME = BENCHMARK["name"]
-RESULTS = f"results/{NAME}"
+RESULTS = str(results_dir(BENCHMARK))
 PYTHON = sys.executable
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
 LRS = list(LR_OF)
 SEEDS = [str(s) for s in BENCHMARK["seeds"]]
-TRAIN_THREADS = int(config.get("train_threads", 1))
+TRAIN_THREADS = SETTINGS["train_threads"]
 # GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
-GPUS = int(config.get("gpus", 0))
-RUNS_PER_GPU = int(config.get("runs_per_gpu", 1))
+GPUS = SETTINGS["gpus"]
+RUNS_PER_GPU = SETTINGS["runs_per_gpu"]
 # Each (method, size)'s LRs and seeds train together as one ensemble (--config pack=0: one by one).
-PACK = bool(int(config.get("pack", 1)))
+PACK = bool(SETTINGS["pack"])
 
 
 def size_gpus(size):
@@ -54,21 +60,22 @@ def gpu_args(wildcards):
     n = size_gpus(wildcards.size)
     return f"--gpus {n} --runs-per-gpu {RUNS_PER_GPU}" if n else ""
 
+
+SLUG = slug_pattern().strip("^$")  # the schema's folder-name rule, for the wildcards too
+
 wildcard_constraints:
-    method=r"[A-Za-z0-9_.+-]+",
-    size=r"[A-Za-z0-9_.-]+",
-    lr=r"[0-9.eE+-]+",
+    method=SLUG,
+    size=SLUG,
+    lr=SLUG,
     seed=r"\d+",
 
 
 def run_dir(method, size, lr, seed):
-    return f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}"
+    return str(inside(f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}", RESULTS))
 
 
-ALL_METRICS = [
-    f"{run_dir(m, s, lr, seed)}/metrics.json"
-    for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS
-]
+GRID = [(m, s, lr, seed) for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]
+ALL_METRICS = [f"{run_dir(*run)}/metrics.json" for run in GRID]
 
 
 def world_size(size):
@@ -76,12 +83,23 @@ def world_size(size):
     return max(size_gpus(size), 1)
 
 
+def _identities():
+    """Every run resolved now, so a method whose arguments do not fit the benchmark (its
+    configure hook refuses them) stops the workflow at load, in one line."""
+    try:
+        return {run: resolve_run(BENCHMARK, method=run[0], size=run[1], lr=LR_OF[run[2]], seed=int(run[3]),
+                                 world_size=world_size(run[1])).identity for run in GRID}
+    except (ConfigError, MethodError) as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+IDENTITIES = _identities()
+
+
 def run_identity(method, size, lr, seed):
     """The run's identity (stabench.runspec): Snakemake's params for it, so a change of what the
     run computes retrains it, and nothing else does (another method, a new size that the run
     does not derive anything from)."""
-    try:
-        return resolve_run(BENCHMARK, method=method, size=size, lr=LR_OF[lr], seed=int(seed),
-                           world_size=world_size(size)).identity
-    except (ConfigError, MethodError) as exc:
-        raise WorkflowError(str(exc)) from None
+    if (method, size, lr, seed) not in IDENTITIES:
+        raise WorkflowError(f"{run_dir(method, size, lr, seed)} is not a run of benchmark {NAME!r}")
+    return IDENTITIES[(method, size, lr, seed)]

@@ -1,0 +1,160 @@
+"""What a killed or damaged workflow needs before one plain ``snakemake`` can finish it.
+
+Snakemake decides what to run from which files exist: a corrupt ``metrics.json`` still exists,
+so its job is never rerun, and a missing file whose consumers' outputs exist (a deleted
+``history.csv``, a ``runs.csv`` removed by a failed aggregation) is not rebuilt either. So the
+workflow calls ``repair`` when it starts: every damaged file of the grid is removed, saying
+which (a run's job then rebuilds its files from its finished checkpoint, or resumes, or
+retrains), and when a run file or an evaluation record is missing, the analysis outputs are
+removed too, so leaderboard and report are rebuilt from the repaired runs.
+
+``stale_lock`` handles the other leftover of a killed Snakemake, its lock in
+``.snakemake/locks``: removed when no other Snakemake runs in this folder on this machine,
+else left, with the one command that removes it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT_NAME, quick_damage
+from .recorder import HISTORY_NAME, LOSSES_NAME, METRICS_NAME, SLOT_KEYS
+from .runlock import lock_holder
+
+RUN_FILES = (METRICS_NAME, HISTORY_NAME, LOSSES_NAME)
+METRICS_KEYS = ("identity", "final_val_loss", "diverged", "config")
+
+
+def json_damage(path: Path, keys: tuple[str, ...] = ()) -> str | None:
+    """Why a JSON record cannot be read (or lacks ``keys``), or None."""
+    try:
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [k for k in keys if k not in record]
+    return f"lacks {', '.join(missing)}" if missing else None
+
+
+def csv_damage(path: Path) -> str | None:
+    """Why a run's CSV cannot be read (no header with a step column), or None."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None if "step" in header else "no header with a step column"
+
+
+def run_damage(run_dir: Path) -> list[tuple[Path | None, str]]:
+    """(file to remove, why and what happens next) for a run folder; None: nothing to remove.
+
+    A finished run's train job reruns only when its metrics.json is missing (the consumers
+    read nothing else), so metrics.json goes too when history.csv or losses.csv is missing or
+    damaged: the job then rewrites all three from the finished checkpoint."""
+    run_dir, found = Path(run_dir), []
+    metrics, checkpoint = run_dir / METRICS_NAME, run_dir / CHECKPOINT_NAME
+    for name in (HISTORY_NAME, LOSSES_NAME):
+        if (run_dir / name).is_file() and (problem := csv_damage(run_dir / name)):
+            found.append((run_dir / name, f"damaged ({problem})"))
+    if not metrics.is_file():
+        return found
+    lost = [name for name in (HISTORY_NAME, LOSSES_NAME) if not (run_dir / name).is_file()] + \
+        [path.name for path, _ in found]
+    if problem := json_damage(metrics, (*METRICS_KEYS, *SLOT_KEYS)):
+        found.append((metrics, f"damaged ({problem}); its job rebuilds it from the checkpoint or retrains the run"))
+    elif checkpoint.is_file() and (problem := quick_damage(checkpoint)):
+        found.append((metrics, f"its {CHECKPOINT_NAME} is damaged ({problem}); its job resumes the run from "
+                               "the previous checkpoint or retrains it"))
+    elif lost and checkpoint.is_file():
+        found.append((metrics, f"so that its job restores {' and '.join(lost)} from the finished checkpoint"))
+    elif lost:
+        found.append((None, f"{run_dir}: {' and '.join(lost)} cannot be restored without {CHECKPOINT_NAME}; "
+                            f"delete {metrics} to retrain the run"))
+    return found
+
+
+def repair(run_dirs: list[str], records: list[str], derived: list[str], manifests: list[str] = (), *,
+           dryrun: bool = False) -> list[str]:
+    """Remove damaged run files, evaluation ``records`` and data ``manifests``; remove
+    ``derived`` (the analysis outputs) when a run file or record is missing, so they are
+    rebuilt. Returns the lines to print; ``dryrun`` removes nothing and says what it would."""
+    lines, incomplete = [], False
+    verb = "would remove" if dryrun else "removed"
+    for run_dir in map(Path, run_dirs):
+        holder = lock_holder(run_dir)
+        if holder:
+            lines.append(f"{run_dir} is being trained by pid {holder}; not checked")
+            continue
+        for path, why in run_damage(run_dir):
+            lines.append(f"{verb} {path}: {why}" if path else why)
+            if path and not dryrun:
+                path.unlink()
+        incomplete = incomplete or not (run_dir / METRICS_NAME).is_file()
+    for path in map(Path, [*records, *manifests]):
+        if path.is_file() and (problem := json_damage(path)):
+            lines.append(f"{verb} {path}: damaged ({problem}); its job rebuilds it")
+            if not dryrun:
+                path.unlink()
+    incomplete = incomplete or any(not Path(p).is_file() for p in records)
+    stale = [Path(p) for p in derived if Path(p).is_file()] if incomplete else []
+    if stale:
+        lines.append(f"{verb} {len(stale)} analysis outputs ({', '.join(p.name for p in stale[:3])}, ...) "
+                     "so that they are rebuilt from every run")
+        for path in [] if dryrun else stale:
+            path.unlink()
+    return lines
+
+
+# ---- Snakemake's lock -------------------------------------------------------------------------
+
+OWNER_NAME = "stabench-lock-owner.json"  # which machine's snakemake took the locks
+
+
+def _snakemakes_here(here: str) -> list[int]:
+    """Pids of other Snakemake processes on this machine whose working folder is ``here``."""
+    found, me = [], os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if cwd == here and any(os.path.basename(a) == b"snakemake" for a in argv):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def stale_lock(state_dir: str | Path = ".snakemake", *, dryrun: bool = False) -> list[str]:
+    """Remove a lock left by a killed Snakemake when it is safe; return the lines to print."""
+    state_dir = Path(state_dir)
+    locks = sorted((state_dir / "locks").glob("*.lock")) if (state_dir / "locks").is_dir() else []
+    owner_file, host = state_dir / OWNER_NAME, socket.gethostname()
+    if not locks:
+        if not dryrun and state_dir.is_dir():
+            owner_file.write_text(json.dumps({"host": host, "pid": os.getpid()}) + "\n")
+        return []
+    try:
+        owner = json.loads(owner_file.read_text())
+    except (OSError, ValueError):
+        owner = {"host": host, "pid": "unknown"}
+    others = _snakemakes_here(os.getcwd())
+    if others:
+        return [f"another snakemake (pid {', '.join(map(str, others))}) is running in this folder; "
+                "wait for it to finish, or stop it and run your command again"]
+    if owner.get("host") != host:
+        return [f"{state_dir}/locks was left by snakemake pid {owner.get('pid')} on {owner.get('host')}; if that "
+                "one has stopped, run `snakemake --unlock` once, then your command again"]
+    if dryrun:
+        return [f"{state_dir}/locks was left by a killed snakemake; a real run removes it"]
+    for lock in locks:
+        lock.unlink(missing_ok=True)
+    owner_file.write_text(json.dumps({"host": host, "pid": os.getpid()}) + "\n")
+    return [f"removed the lock a killed snakemake left in {state_dir}/locks (no other snakemake runs in this folder)"]

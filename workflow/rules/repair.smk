@@ -1,0 +1,36 @@
+"""Before any job: what lets one plain `snakemake --cores 2` finish a killed or damaged workflow.
+
+- Jobs die with this process (stabench/lifeline.py): kill -9 of Snakemake leaves no training
+  running alone; the run lock (stabench/runlock.py) stops any that would race a resumed job.
+- No network unless the benchmark needs the hub (stabench/offline.py); jobs inherit it.
+- A lock left in .snakemake/locks by a killed Snakemake is removed when no other Snakemake
+  runs in this folder; damaged result files are removed, and the analysis outputs when a run
+  file is missing, each said (stabench/repair.py), so their jobs rebuild them. The profile's
+  rerun-incomplete (profiles/default) reruns the jobs a kill interrupted.
+Included last: it needs every rule's outputs.
+"""
+
+from stabench import lifeline, offline, repair
+
+
+def _say(line):
+    print(f"stabench: {line}", file=sys.stderr)  # Snakemake's logger is not set up while it parses
+
+
+lifeline.mark_workflow()
+_NEEDS_HUB = offline.network_for(BENCHMARK)
+if _NEEDS_HUB:
+    _say(f"online for {', '.join(_NEEDS_HUB)}")
+
+for _path in [*ALL_METRICS, *EVALS]:
+    inside(_path, RESULTS)
+
+_DRYRUN = workflow.output_settings.dryrun
+if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, not a job's
+    _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
+                 for f in r.output]
+    for _line in [*repair.stale_lock(".snakemake", dryrun=_DRYRUN),
+                  *repair.repair([run_dir(*run) for run in GRID], EVALS, _ANALYSIS,
+                                 [rules.prepare_data.output.manifest, rules.build_eval_tasks.output.manifest],
+                                 dryrun=_DRYRUN)]:
+        _say(_line)
