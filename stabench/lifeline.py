@@ -26,7 +26,7 @@ def mark_workflow() -> None:
     os.environ[VARIABLE] = str(os.getpid())
 
 
-def _parent_of(pid: int) -> int | None:
+def parent_of(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return int(f.read().rsplit(")", 1)[1].split()[1])  # the field after the state
@@ -41,7 +41,7 @@ def is_ancestor(pid: int) -> bool:
             return True
         if current in (None, 0, 1):
             return False
-        current = _parent_of(current)
+        current = parent_of(current)
     return False
 
 

@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, quick_damage
+from .lifeline import parent_of
 from .recorder import HISTORY_NAME, LOSSES_NAME, METRICS_NAME, SLOT_KEYS
 from .runlock import lock_holder
 
@@ -116,11 +117,20 @@ def repair(run_dirs: list[str], records: list[str], derived: list[str], manifest
 OWNER_NAME = "stabench-lock-owner.json"  # which machine's snakemake took the locks
 
 
+def _ancestors() -> set[int]:
+    """This process and its ancestors (a `timeout snakemake ...` wrapping us is not another run)."""
+    found, pid = {os.getpid()}, os.getppid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        pid = parent_of(pid) or 0
+    return found
+
+
 def _snakemakes_here(here: str) -> list[int]:
     """Pids of other Snakemake processes on this machine whose working folder is ``here``."""
-    found, me = [], os.getpid()
+    found, mine = [], _ancestors()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
