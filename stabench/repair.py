@@ -22,6 +22,7 @@ import socket
 from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, quick_damage
+from .data.prepare import prepared_damage
 from .lifeline import parent_of
 from .recorder import HISTORY_NAME, LOSSES_NAME, METRICS_NAME, SLOT_KEYS
 from .runlock import lock_holder
@@ -52,8 +53,9 @@ def csv_damage(path: Path) -> str | None:
     return None if "step" in header else "no header with a step column"
 
 
-def run_damage(run_dir: Path) -> list[tuple[Path | None, str]]:
-    """(file to remove, why and what happens next) for a run folder; None: nothing to remove.
+def run_damage(run_dir: Path, expected: dict | None = None) -> list[tuple[Path | None, str]]:
+    """(file to remove, why and what happens next) for a run folder that must hold the run
+    ``expected`` (its slot); None: nothing to remove.
 
     A finished run's train job reruns only when its metrics.json is missing (the consumers
     read nothing else), so metrics.json goes too when history.csv or losses.csv is missing or
@@ -69,6 +71,8 @@ def run_damage(run_dir: Path) -> list[tuple[Path | None, str]]:
         [path.name for path, _ in found]
     if problem := json_damage(metrics, (*METRICS_KEYS, *SLOT_KEYS)):
         found.append((metrics, f"damaged ({problem}); its job rebuilds it from the checkpoint or retrains the run"))
+    elif expected and (theirs := {k: json.loads(metrics.read_text())[k] for k in SLOT_KEYS}) != expected:
+        found.append((metrics, f"it holds the run {theirs}, not {expected}; its job rebuilds it"))
     elif checkpoint.is_file() and (problem := quick_damage(checkpoint)):
         found.append((metrics, f"its {CHECKPOINT_NAME} is damaged ({problem}); its job resumes the run from "
                                "the previous checkpoint or retrains it"))
@@ -80,29 +84,53 @@ def run_damage(run_dir: Path) -> list[tuple[Path | None, str]]:
     return found
 
 
-def repair(run_dirs: list[str], records: list[str], derived: list[str], manifests: list[str] = (), *,
-           dryrun: bool = False) -> list[str]:
-    """Remove damaged run files, evaluation ``records`` and data ``manifests``; remove
-    ``derived`` (the analysis outputs) when a run file or record is missing, so they are
-    rebuilt. Returns the lines to print; ``dryrun`` removes nothing and says what it would."""
+def derived_damage(path: Path) -> str | None:
+    """Why an analysis output cannot be read (tables and JSON only), or None."""
+    if path.suffix == ".json":
+        return json_damage(path)
+    if path.suffix == ".csv":
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                return None if next(csv.reader(f), None) else "empty"
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def repair(runs: dict[str, dict], records: list[str], derived: list[str], manifests: list[str] = (),
+           data_dir: str | None = None, *, dryrun: bool = False) -> list[str]:
+    """Remove damaged files: of the runs (run folder -> its slot: the run it must hold),
+    evaluation ``records``, JSON ``manifests`` and the prepared ``data_dir`` (its manifest, so
+    it is prepared again); remove ``derived`` (the analysis outputs) when a run file or record
+    is missing or one of them is damaged, so they are all rebuilt. Returns the lines to print;
+    ``dryrun`` removes nothing and says what it would."""
     lines, incomplete = [], False
     verb = "would remove" if dryrun else "removed"
-    for run_dir in map(Path, run_dirs):
+
+    def remove(path: Path, why: str) -> None:
+        lines.append(f"{verb} {path}: {why}")
+        if not dryrun:
+            path.unlink()
+
+    for run_dir, expected in runs.items():
+        run_dir = Path(run_dir)
         holder = lock_holder(run_dir)
         if holder:
             lines.append(f"{run_dir} is being trained by pid {holder}; not checked")
             continue
-        for path, why in run_damage(run_dir):
-            lines.append(f"{verb} {path}: {why}" if path else why)
-            if path and not dryrun:
-                path.unlink()
+        for path, why in run_damage(run_dir, expected):
+            if path:
+                remove(path, why)
+            else:
+                lines.append(why)
         incomplete = incomplete or not (run_dir / METRICS_NAME).is_file()
     for path in map(Path, [*records, *manifests]):
         if path.is_file() and (problem := json_damage(path)):
-            lines.append(f"{verb} {path}: damaged ({problem}); its job rebuilds it")
-            if not dryrun:
-                path.unlink()
-    incomplete = incomplete or any(not Path(p).is_file() for p in records)
+            remove(path, f"damaged ({problem}); its job rebuilds it")
+    if data_dir and (Path(data_dir) / "manifest.json").is_file() and (problem := prepared_damage(data_dir)):
+        remove(Path(data_dir) / "manifest.json", f"the data folder is damaged ({problem}); it is prepared again")
+    incomplete = incomplete or any(not Path(p).is_file() for p in records) or \
+        any(derived_damage(Path(p)) for p in derived if Path(p).is_file())
     stale = [Path(p) for p in derived if Path(p).is_file()] if incomplete else []
     if stale:
         lines.append(f"{verb} {len(stale)} analysis outputs ({', '.join(p.name for p in stale[:3])}, ...) "

@@ -248,11 +248,30 @@ def test_repair_in_a_dry_run_removes_nothing(tmp_path):
     (run / "metrics.json").write_text("{")
     derived = tmp_path / "runs.csv"
     derived.write_text("x\n")
-    lines = repair([str(run)], [], [str(derived)], dryrun=True)
+    lines = repair({str(run): None}, [], [str(derived)], dryrun=True)
     assert any("would remove" in line and "metrics.json" in line for line in lines)
     assert (run / "metrics.json").exists() and derived.exists()
-    lines = repair([str(run)], [], [str(derived)])
+    lines = repair({str(run): None}, [], [str(derived)])
     assert not (run / "metrics.json").exists() and not derived.exists()
+
+
+def test_repair_finds_foreign_metrics_and_damaged_data(smoke, tmp_path):
+    from stabench.data import DataError, load_data
+    from stabench.repair import repair
+    runs = smoke / "results/smoke/runs"
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    shutil.copytree(runs / "baseline/t16/lr0.01-s0", mine)
+    shutil.copy(runs / "baseline/t16/lr0.1-s0/metrics.json", mine / "metrics.json")  # another run's result
+    data = tmp_path / "data"
+    shutil.copytree(smoke / "results/smoke/data", data)
+    truncate(data / "train.npy")
+    with pytest.raises(DataError, match="is damaged"):
+        load_data(data)
+    slot = {"benchmark": "smoke", "method": "baseline", "size": "t16", "lr": 0.01, "seed": 0}
+    lines = repair({str(mine): slot, str(other): slot}, [], [], [], str(data))
+    assert any(f"removed {mine / 'metrics.json'}: it holds the run" in line for line in lines), lines
+    assert any(f"removed {data / 'manifest.json'}: the data folder is damaged" in line for line in lines), lines
+    assert not (mine / "metrics.json").exists() and not (data / "manifest.json").exists()
 
 
 # ---- item 6: a killed workflow resumes with one plain command ---------------------------------

@@ -93,6 +93,25 @@ class TokenData:
         return Tokenizer.from_file(str(self.tokenizer_path))
 
 
+def prepared_damage(out_dir: str | os.PathLike) -> str | None:
+    """What is wrong with a prepared folder that has a manifest (a file missing, unreadable or
+    not the size the manifest says), or None. Cheap: the token arrays are only memory-mapped."""
+    out = Path(out_dir)
+    missing = [name for name in FILES if not (out / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing"
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+        for split in ("train", "val"):
+            tokens = np.load(out / f"{split}.npy", mmap_mode="r")
+            if tokens.size != manifest["tokens"][split]:
+                return f"{split}.npy holds {tokens.size} tokens, the manifest says {manifest['tokens'][split]}"
+        json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{type(exc).__name__}: {str(exc)[:120]}"
+    return None
+
+
 def load_data(out_dir: str | os.PathLike) -> TokenData:
     """Open a folder written by :func:`prepare_data`; memory-mapped, so every process shares pages."""
     out = Path(out_dir)
@@ -100,6 +119,10 @@ def load_data(out_dir: str | os.PathLike) -> TokenData:
         raise DataError(
             f"data folder {str(out)!r}: no {MANIFEST}; valid: a folder completed by prepare_data (run the data rule)"
         )
+    problem = prepared_damage(out)
+    if problem:
+        raise DataError(f"data folder {str(out)!r} is damaged ({problem}); run snakemake or stabench prepare "
+                        "again, which prepares it anew")
     manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
     return TokenData(
         train=np.load(out / "train.npy", mmap_mode="r"),
@@ -146,7 +169,7 @@ def _reusable_manifest(out: Path, data_cfg: Mapping[str, Any]) -> dict | None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         return None
-    complete = all((out / name).is_file() for name in FILES)
+    complete = prepared_damage(out) is None
     return manifest if complete and manifest.get("data") == _jsonable(data_cfg) else None
 
 

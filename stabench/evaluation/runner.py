@@ -33,6 +33,7 @@ import logging
 import math
 import os
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,15 @@ def hub_offline(timeout: float = 3.0) -> bool:
     if offline:
         go_offline()
     return offline
+
+
+def keep_cache_beside(tasks_dir: str | Path) -> None:
+    """lm-eval reads the offline tasks' jsonl through ``datasets``, which caches them as Arrow
+    files in ~/.cache/huggingface: keep that cache in the tasks folder (under results/), so an
+    offline evaluation writes nowhere else. A cache the user chose (HF_DATASETS_CACHE) wins;
+    hub tasks keep the user's cache (their downloads are worth sharing)."""
+    if "HF_DATASETS_CACHE" not in os.environ and "datasets" not in sys.modules:
+        os.environ["HF_DATASETS_CACHE"] = str(Path(tasks_dir).resolve() / ".datasets_cache")
 
 
 def _first_line(err: BaseException) -> str:
@@ -242,6 +252,8 @@ def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir
         else:
             if any(t not in LOCAL_NAMES for t in tasks):
                 hub = "offline" if hub_offline() else "online"
+            elif tasks_dir:
+                keep_cache_beside(tasks_dir)
             tm = task_manager(tasks, tasks_dir)
             lm = StabenchLM(run_dir=str(chosen), data_dir=str(data_dir), device=device, batch_size=batch_size)
             settings["device"] = str(lm.device)

@@ -30,7 +30,8 @@ if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, 
     _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
                  for f in r.output]
     for _line in [*repair.stale_lock(".snakemake", dryrun=_DRYRUN),
-                  *repair.repair([run_dir(*run) for run in GRID], EVALS, _ANALYSIS,
-                                 [rules.prepare_data.output.manifest, rules.build_eval_tasks.output.manifest],
+                  *repair.repair({run_dir(*run): {"benchmark": NAME, "method": run[0], "size": run[1],
+                                                  "lr": LR_OF[run[2]], "seed": int(run[3])} for run in GRID},
+                                 EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest], f"{RESULTS}/data",
                                  dryrun=_DRYRUN)]:
         _say(_line)
