@@ -20,9 +20,10 @@ import yaml
 from . import lifeline, offline
 from .config import ConfigError, load_benchmark, method_specs, results_dir, size_config
 from .data import DataError, prepare_data
+from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
-from .loop import DataMismatchError, train
+from .loop import DataMismatchError, check_same_ensemble, train
 from .methods import MethodError, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
 from .runspec import resolve_run
@@ -36,21 +37,29 @@ def default_data_dir(benchmark: dict) -> Path:
 
 
 def load(args) -> dict:
-    """The command's validated benchmark (with --set), and offline mode unless it needs the hub."""
+    """The command's validated benchmark (with --set) and its methods (a bad one fails here, as
+    in the workflow), and offline mode unless it needs the hub."""
     benchmark = load_benchmark(args.benchmark, args.set)
+    for spec in method_specs(benchmark).values():
+        load_stack(spec["use"], spec["args"])
     offline.network_for(benchmark)
     return benchmark
 
 
-def ensure_data(benchmark: dict, data_dir: Path | None, progress: bool) -> Path:
+def ensure_data(benchmark: dict, data_dir: Path | None, progress: bool, replace: bool = False) -> Path:
+    """The prepared data folder, prepared first if needed. Only ``stabench prepare`` (the
+    workflow's data rule) replaces a folder prepared from other data settings; the commands
+    that only read it refuse, so a --data typo never overwrites another benchmark's data."""
     data_dir = data_dir or default_data_dir(benchmark)
+    if not replace:
+        check_prepared_for(benchmark["data"], data_dir)
     prepare_data(benchmark["data"], data_dir, progress=progress)  # no-op when already prepared
     return data_dir
 
 
 def cmd_prepare(args) -> int:
     benchmark = load(args)
-    data_dir = ensure_data(benchmark, args.out, progress=not args.no_progress)
+    data_dir = ensure_data(benchmark, args.out, progress=not args.no_progress, replace=True)
     print(f"data ready in {data_dir}")
     return 0
 
@@ -128,6 +137,9 @@ def cmd_train_pack(args) -> int:
     members = [parse_pack_run(text) for text in args.run]
     runs = [resolve_run(benchmark, method=args.method, size=args.size, lr=lr, seed=seed, world_size=world_size())
             for lr, seed, _ in members]
+    check_same_ensemble(runs)
+    if len({out.resolve() for *_, out in members}) != len(members):
+        raise ConfigError("two --run members share an output folder")
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
     reason = runs[0].stack.unpackable_reason()
     print(f"{args.method} {args.size}: {len(runs)} runs "

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError
 from .io import write_json
 from .loop import train
 from .recorder import HISTORY_NAME
@@ -106,7 +107,12 @@ def shape_sizes(shapes: list[str]) -> dict[str, dict]:
     """'128x2x2' (d_model x n_layers x n_heads) -> a named size."""
     sizes = {}
     for shape in shapes:
-        d, layers, heads = (int(x) for x in shape.lower().split("x"))
+        try:
+            d, layers, heads = (int(x) for x in shape.lower().split("x"))
+        except ValueError:
+            raise ConfigError(f"--shape {shape!r}: allowed: d_model x n_layers x n_heads, e.g. 128x2x2") from None
+        if min(d, layers, heads) < 1:
+            raise ConfigError(f"--shape {shape!r}: allowed: three integers >= 1, e.g. 128x2x2")
         sizes[f"d{d}L{layers}"] = {"d_model": d, "n_layers": layers, "n_heads": heads}
     return sizes
 

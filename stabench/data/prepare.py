@@ -151,6 +151,22 @@ def _build_tokenizer(data_cfg: Mapping[str, Any], train_docs: list[str]) -> Toke
     return load_pretrained(name)
 
 
+def check_prepared_for(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike) -> None:
+    """Refuse a folder that holds data prepared from other settings (preparing would replace it)."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        prepared = json.loads(path.read_text(encoding="utf-8"))["data"]
+        prepared.items()
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return  # nothing prepared there, or a damaged folder that preparing repairs
+    if prepared != _jsonable(data_cfg):
+        ours = _jsonable(data_cfg)
+        changed = "; ".join(f"data.{k}: {prepared.get(k)!r} there, {ours.get(k)!r} here"
+                            for k in sorted(set(prepared) | set(ours)) if prepared.get(k) != ours.get(k))
+        raise DataError(f"data folder {str(out_dir)!r} holds data prepared with other settings ({changed}); "
+                        "give another --data folder, or run stabench prepare to replace it")
+
+
 def _check_vocab(data_cfg: Mapping[str, Any], vocab: int) -> None:
     """A trained BPE stops merging when the corpus has no pair left: a vocab_size above what
     the corpus yields would silently train a smaller model than the benchmark says."""
