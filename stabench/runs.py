@@ -29,14 +29,16 @@ def read_metrics(run_dir: str | Path) -> dict:
         metrics = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is damaged ({type(exc).__name__}: {exc}); {REPAIR_HINT}") from None
-    if not isinstance(metrics, dict) or "config" not in metrics:
-        raise DataError(f"{path} is damaged (not a stabench metrics file); {REPAIR_HINT}")
+    if not isinstance(metrics, dict):
+        raise DataError(f"{path} is damaged (not a JSON object); {REPAIR_HINT}")
     return metrics
 
 
 def load_run_model(run_dir: str | Path, *, at_init: bool = False, device: str = "cpu") -> tuple[GPT, dict]:
     """(model in eval mode, metrics) of a finished run."""
     metrics = read_metrics(run_dir)
+    if not isinstance(metrics.get("config"), dict):
+        raise DataError(f"{Path(run_dir) / 'metrics.json'} is damaged (no run config); {REPAIR_HINT}")
     model = build_member(metrics["config"])
     if not at_init:
         path = Path(run_dir) / CHECKPOINT_NAME
