@@ -291,7 +291,9 @@ def test_broken_method_file_is_reported_while_the_others_list(tmp_path, monkeypa
     assert any("bad_args" in e and "does not pass its own check" in e for e in errors)
 
 
-def test_missing_methods_folder_is_named(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("STABENCH_METHODS_PATH", str(tmp_path / "nowhere"))
-    line = one_line_error(capsys, ["methods", str(REPO / "benchmarks" / "smoke.yaml")])
-    assert str(tmp_path / "nowhere") in line
+def test_missing_methods_folder_is_named(tmp_path):
+    env = {**__import__("os").environ, "STABENCH_METHODS_PATH": str(tmp_path / "nowhere"), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stabench", "methods", "smoke"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=120)  # a fresh process: methods load once per process
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and str(tmp_path / "nowhere") in lines[0], proc.stderr
