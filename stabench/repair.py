@@ -102,8 +102,8 @@ def repair(runs: dict[str, dict], records: list[str], derived: list[str], manife
     """Remove damaged files: of the runs (run folder -> its slot: the run it must hold),
     evaluation ``records``, JSON ``manifests`` and the prepared ``data_dir`` (its manifest, so
     it is prepared again); remove ``derived`` (the analysis outputs) when a run file or record
-    is missing or one of them is damaged, so they are all rebuilt. Returns the lines to print;
-    ``dryrun`` removes nothing and says what it would."""
+    is missing, or one of them is missing or damaged, so they are all rebuilt. Returns the
+    lines to print; ``dryrun`` removes nothing and says what it would."""
     lines, incomplete = [], False
     verb = "would remove" if dryrun else "removed"
 
@@ -129,9 +129,10 @@ def repair(runs: dict[str, dict], records: list[str], derived: list[str], manife
             remove(path, f"damaged ({problem}); its job rebuilds it")
     if data_dir and (Path(data_dir) / "manifest.json").is_file() and (problem := prepared_damage(data_dir)):
         remove(Path(data_dir) / "manifest.json", f"the data folder is damaged ({problem}); it is prepared again")
+    present = [Path(p) for p in derived if Path(p).is_file()]
     incomplete = incomplete or any(not Path(p).is_file() for p in records) or \
-        any(derived_damage(Path(p)) for p in derived if Path(p).is_file())
-    stale = [Path(p) for p in derived if Path(p).is_file()] if incomplete else []
+        any(derived_damage(p) for p in present) or 0 < len(present) < len(derived)  # one lost (runs.csv)
+    stale = present if incomplete else []
     if stale:
         lines.append(f"{verb} {len(stale)} analysis outputs ({', '.join(p.name for p in stale[:3])}, ...) "
                      "so that they are rebuilt from every run")
@@ -154,9 +155,10 @@ def _ancestors() -> set[int]:
     return found
 
 
-def _snakemakes_here(here: str) -> list[int]:
-    """Pids of other Snakemake processes on this machine whose working folder is ``here``."""
-    found, mine = [], _ancestors()
+def snakemakes_here(here: str | None = None) -> list[int]:
+    """Pids of other Snakemake processes on this machine whose working folder is ``here``
+    (default: the current folder)."""
+    here, found, mine = here or os.getcwd(), [], _ancestors()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in mine:
             continue
@@ -183,7 +185,7 @@ def stale_lock(state_dir: str | Path = ".snakemake", *, dryrun: bool = False) ->
         owner = json.loads(owner_file.read_text())
     except (OSError, ValueError):
         owner = {"host": host, "pid": "unknown"}
-    others = _snakemakes_here(os.getcwd())
+    others = snakemakes_here()
     if others:
         return [f"another snakemake (pid {', '.join(map(str, others))}) is running in this folder; "
                 "wait for it to finish, or stop it and run your command again"]

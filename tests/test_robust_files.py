@@ -255,6 +255,18 @@ def test_repair_in_a_dry_run_removes_nothing(tmp_path):
     assert not (run / "metrics.json").exists() and not derived.exists()
 
 
+def test_one_lost_analysis_output_rebuilds_them_all(tmp_path):
+    """Snakemake rebuilds no missing intermediate whose consumers' outputs exist ("Nothing to
+    be done" with runs.csv gone and the report stale): the rest are removed so all rebuild."""
+    from stabench.repair import repair
+    derived = [tmp_path / name for name in ("runs.csv", "leaderboard.csv", "report.html")]
+    for path in derived[1:]:
+        path.write_text("x\n")
+    lines = repair({}, [], [str(p) for p in derived])
+    assert "removed 2 analysis outputs" in lines[0] and not any(p.exists() for p in derived)
+    assert repair({}, [], [str(p) for p in derived]) == []  # nothing there: a fresh start
+
+
 def test_repair_finds_foreign_metrics_and_damaged_data(smoke, tmp_path):
     from stabench.data import DataError, load_data
     from stabench.repair import repair

@@ -27,11 +27,13 @@ for _path in [*ALL_METRICS, *EVALS]:
 
 _DRYRUN = workflow.output_settings.dryrun
 if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, not a job's
-    _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
-                 for f in r.output]
-    for _line in [*repair.stale_lock(".snakemake", dryrun=_DRYRUN),
-                  *repair.repair({run_dir(*run): {"benchmark": NAME, "method": run[0], "size": run[1],
-                                                  "lr": LR_OF[run[2]], "seed": int(run[3])} for run in GRID},
-                                 EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest], f"{RESULTS}/data",
-                                 dryrun=_DRYRUN)]:
+    for _line in repair.stale_lock(".snakemake", dryrun=_DRYRUN):
         _say(_line)
+    if not repair.snakemakes_here():  # else leave its files alone (Snakemake refuses to start anyway)
+        _SLOTS = {run_dir(*run): {"benchmark": NAME, "method": run[0], "size": run[1], "lr": LR_OF[run[2]],
+                                  "seed": int(run[3])} for run in GRID}
+        _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
+                     for f in r.output]
+        for _line in repair.repair(_SLOTS, EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest],
+                                   f"{RESULTS}/data", dryrun=_DRYRUN):
+            _say(_line)
