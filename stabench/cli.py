@@ -372,3 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         print(f"stabench: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    except (MemoryError, torch.cuda.OutOfMemoryError, RuntimeError) as exc:
+        if not isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) and "allocate" not in str(exc):
+            raise  # a bug, not a size: keep its traceback
+        print(f"stabench: error: out of memory ({str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__}); "
+              "a smaller train.batch_size, seq_len or model size fits", file=sys.stderr)
+        return 1

@@ -45,6 +45,8 @@ class _Loader(yaml.SafeLoader):
         seen: set = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool, type(None))):
+                continue  # an unhashable key: PyYAML's own error names it
             if key in seen:
                 raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} appears twice in one mapping")
             seen.add(key)
@@ -180,8 +182,8 @@ def check_run_point(benchmark: dict, lr, seed, field: str = "lr") -> None:
     if lr < min_lr:
         raise ConfigError(f"{field}: got {lr!r}; allowed: at least train.min_lr ({min_lr!r}), "
                           "since the schedule decays from the peak LR to min_lr")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed: got {seed!r}; allowed: an integer >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed: got {seed!r}; allowed: an integer from 0 to 4294967295")
 
 
 def validate(benchmark: dict, source: str = "benchmark") -> dict:
