@@ -93,6 +93,11 @@ BAD_BENCHMARKS = [
     ("tokenizer file that does not exist", _set("data.tokenizer", "my_tokenizer.json"),
      ["data.tokenizer", "my_tokenizer.json", "no such file"]),
     ("unknown field", _set("train.stpes", 10), ["stpes", "allowed"]),
+    ("steps that would exhaust memory", _set("train.steps", 10**30), ["train.steps", "maximum of 10000000"]),
+    ("seed that overflows", _set("seeds", [2**64]), ["seeds[0]", "maximum of 4294967295"]),
+    ("an unknown method elsewhere in the benchmark", _set("methods", ["baseline", "qk_layrnorm"]),
+     ["qk_layrnorm", "Did you mean 'qk_layernorm'"]),
+    ("a method composed with itself", _set("methods", ["baseline", "z_loss+z_loss"]), ["z_loss listed twice"]),
 ]
 
 
@@ -162,6 +167,31 @@ def test_bad_integer_flag_is_one_usage_line(tmp_path, capsys, extra, words):
     for word in words:
         assert word in line, line
     assert line.startswith("stabench train: error:")
+
+
+def test_data_prepared_with_other_settings_is_refused_not_overwritten(engine_bench, tmp_path, capsys):
+    manifest = (engine_bench.data_dir / "manifest.json").read_text()
+    line = one_line_error(capsys, ["train", str(engine_bench.path), "--method", "baseline", "--size", "tiny",
+                                   "--lr", "0.01", "--out", str(tmp_path / "o"), "--data", str(engine_bench.data_dir),
+                                   "--set", "data.vocab_size=600", "--no-progress"])
+    assert "data.vocab_size: 512 there, 600 here" in line
+    assert (engine_bench.data_dir / "manifest.json").read_text() == manifest
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["speed", "smoke", "--shape", "16x1"], ["--shape '16x1'"]),
+    (["train-pack", "smoke", "--method", "baseline", "--size", "t16", "--run", "0.01:0:a", "--run", "0.01:0:b"],
+     ["the same (lr, seed) appears twice"]),
+    (["train-pack", "smoke", "--method", "baseline", "--size", "t16", "--run", "0.01:0:a", "--run", "0.1:0:a"],
+     ["share an output folder"]),
+    (["eval", "smoke", "--runs", "nowhere", "--out", "e.json"], ["nowhere/metrics.json not found"]),
+    (["train"], ["required"]),
+])
+def test_other_bad_commands_are_one_line(tmp_path, capsys, monkeypatch, argv, words):
+    monkeypatch.chdir(tmp_path)
+    line = one_line_error(capsys, argv)
+    for word in words:
+        assert word in line, line
 
 
 def test_pack_member_with_nan_lr(tmp_path, capsys):
