@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import os
+import shutil
 import sys
 import zipfile
 
 import torch
 
-from .io import save_torch
+from .io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"
@@ -43,10 +44,25 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> None:
-    path = Path(out_dir) / CHECKPOINT_NAME
-    if path.is_file():
-        os.replace(path, Path(out_dir) / PREVIOUS_NAME)
-    save_torch(path, {**payload, "rng": rng_state()})
+    """Write the new checkpoint aside, keep the current one as the previous, then put the new
+    one in place: at no moment (a kill) is there no checkpoint.pt, or no previous one."""
+    path, previous = Path(out_dir) / CHECKPOINT_NAME, Path(out_dir) / PREVIOUS_NAME
+    with atomic_path(path) as tmp:
+        torch.save({**payload, "rng": rng_state()}, tmp)
+        if path.is_file():
+            _keep_as(path, previous)
+
+
+def _keep_as(path: Path, target: Path) -> None:
+    """``target`` becomes the content of ``path`` atomically, ``path`` staying in place
+    (a hard link; a copy where the file system has none)."""
+    staged = target.with_name(f".{target.name}.staged")
+    staged.unlink(missing_ok=True)
+    try:
+        os.link(path, staged)
+    except OSError:
+        shutil.copyfile(path, staged)
+    os.replace(staged, target)
 
 
 REQUIRED_KEYS = ("identity", "step", "finished", "model")
