@@ -23,7 +23,7 @@ from .data import DataError, prepare_data
 from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
-from .loop import DataMismatchError, check_same_ensemble, train
+from .loop import DataMismatchError, check_own_folders, check_same_ensemble, train
 from .methods import MethodError, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
 from .runspec import resolve_run
@@ -137,9 +137,8 @@ def cmd_train_pack(args) -> int:
     members = [parse_pack_run(text) for text in args.run]
     runs = [resolve_run(benchmark, method=args.method, size=args.size, lr=lr, seed=seed, world_size=world_size())
             for lr, seed, _ in members]
-    check_same_ensemble(runs)
-    if len({out.resolve() for *_, out in members}) != len(members):
-        raise ConfigError("two --run members share an output folder")
+    check_same_ensemble(runs)  # before anything is printed or prepared
+    check_own_folders([out for *_, out in members])
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
     reason = runs[0].stack.unpackable_reason()
     print(f"{args.method} {args.size}: {len(runs)} runs "

@@ -117,6 +117,11 @@ def check_same_ensemble(runs: list[ResolvedRun]) -> None:
         raise ConfigError("the same (lr, seed) appears twice among runs trained together")
 
 
+def check_own_folders(out_dirs: list[Path]) -> None:
+    if len({Path(o).resolve() for o in out_dirs}) != len(out_dirs):
+        raise ConfigError("two runs trained together share an output folder")
+
+
 def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
           pack: bool = True) -> list[dict]:
     """Train runs of one (method, size) together; return their metrics in the order given.
@@ -127,8 +132,7 @@ def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, prog
         raise ValueError(f"train: {len(runs)} runs for {len(out_dirs)} output folders")
     check_same_ensemble(runs)
     out_dirs = [Path(o) for o in out_dirs]
-    if len({o.resolve() for o in out_dirs}) != len(out_dirs):
-        raise ConfigError("two runs trained together share an output folder")
+    check_own_folders(out_dirs)
     data_dir = Path(data_dir)
     data = load_data(data_dir)
     check_data(data.manifest, runs[0].config, data_dir)
