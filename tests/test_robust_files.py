@@ -183,6 +183,7 @@ def smoke(tmp_path_factory) -> Path:
     return workdir
 
 
+@pytest.mark.slow
 def test_one_plain_snakemake_repairs_damaged_and_missing_results(smoke, tmp_path):
     work = tmp_path / "work"
     shutil.copytree(smoke, work, symlinks=True)
@@ -224,6 +225,7 @@ def test_aggregation_names_a_damaged_metrics_file(tmp_path):
         collect_runs([bad])
 
 
+@pytest.mark.slow
 def test_evaluating_a_run_with_damaged_files_is_one_line(smoke, tmp_path, capsys, monkeypatch):
     from stabench.cli import main
     monkeypatch.setattr("stabench.offline.go_offline", lambda: None)
@@ -267,6 +269,7 @@ def test_one_lost_analysis_output_rebuilds_them_all(tmp_path):
     assert repair({}, [], [str(p) for p in derived]) == []  # nothing there: a fresh start
 
 
+@pytest.mark.slow
 def test_repair_finds_foreign_metrics_and_damaged_data(smoke, tmp_path):
     from stabench.data import DataError, load_data
     from stabench.repair import repair
@@ -300,6 +303,7 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pidfds and /proc are Linux")
 def test_kill9_of_snakemake_kills_its_trainer_and_a_plain_rerun_resumes(tmp_path):
     bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
