@@ -81,10 +81,11 @@ def resolve_device(config: dict) -> tuple[str, str]:
     return device, precision
 
 
-def make_accelerator(device: str, precision: str) -> Accelerator:
+def make_accelerator(device: str, precision: str, trackers: list[str] = (), project_dir: Path | None = None) -> Accelerator:
     # Accelerate keeps process-wide state; reset it so several ensembles in one process work.
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
+                       log_with=list(trackers) or None, project_dir=project_dir)
 
 
 def member_cross_entropy(member_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -175,7 +176,13 @@ class EnsembleRun:
         self.config = members[0].config
         self.train_cfg = self.config["train"]
         self.device_kind, self.precision = resolve_device(self.config)
-        self.accelerator = make_accelerator(self.device_kind, self.precision)
+        trackers = self.train_cfg["trackers"]
+        self.accelerator = make_accelerator(self.device_kind, self.precision, trackers, members[0].out_dir.parent)
+        if trackers:  # one tracker run per ensemble; each run's values under its own label
+            self.accelerator.init_trackers("tracking", config={
+                "method": self.config["method"], "size": self.config["size"],
+                "lrs": " ".join(f"{m.config['lr']:g}" for m in members),
+                "seeds": " ".join(str(m.config["seed"]) for m in members)})
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if self.world != self.train_cfg["world_size"]:
             raise ConfigError(f"the run was resolved for {self.train_cfg['world_size']} processes but "
@@ -388,6 +395,8 @@ class EnsembleRun:
         if self.members:
             finals = [m.final for m in self.members]
             self.finish(list(range(len(self.members))), finals if None not in finals else self.evaluate())
+        if self.train_cfg["trackers"]:
+            self.accelerator.end_training()
 
     def probe(self, ctx: Context) -> None:
         tr = self.train_cfg
@@ -412,6 +421,9 @@ class EnsembleRun:
             if k in diverged:
                 m.diverged_at = ctx.step
         self.progress.probe(ctx.step, [r["loss"] for r in rows])
+        if self.train_cfg["trackers"]:
+            self.accelerator.log({f"{m.out_dir.name}/{k}": v for m, row in zip(self.members, rows)
+                                  for k, v in row.items() if k != "step"}, step=ctx.step)
         if diverged:
             results = self.evaluate()
             self.finish(diverged, [results[k] for k in diverged])
