@@ -205,9 +205,8 @@ class EnsembleRun:
             self.optimizer.load_member_states([m.state["optimizer"] for m in members])
             set_rng_state(members[0].state["rng"])
         self.tokens_at = tokens_before(self.config, stack)
-        rows = [learning_rates(m.config, stack, self.tokens_at) for m in members]
-        self.lr_host = [list(r) for r in zip(*rows)]  # [step][member]
-        self.lr_table = torch.tensor(self.lr_host, dtype=torch.float32, device=self.device)
+        columns = [learning_rates(m.config, stack, self.tokens_at) for m in members]
+        self.lr_table = torch.tensor(columns, dtype=torch.float32).T.contiguous().to(self.device)  # (steps + 1, K)
         self.probes = all_probes(stack.probes())
         self.owner: dict[str, str] = {}
         self.windows = torch.from_numpy(val_windows(data.val, self.train_cfg["eval_windows"],
