@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import ASPECT, HEIGHT, empty_figure, seed_band
+from analysis.figures import ASPECT, HEIGHT, empty_figure
 from analysis.predict import fit_log_poly, holdout_attention, predict_log_poly, size_cells, size_where_crossing
 from analysis.probe_families import family_values
 from analysis.runs import size_params
@@ -131,9 +131,9 @@ def probe_long(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], famili
 
 
 def probe_panels(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], families: dict, size: str, lr: float,
-                 palette: Mapping, resamples: int, seed: int) -> plt.Figure:
+                 palette: Mapping, band: dict) -> plt.Figure:
     """Each declared probe family over training at one (size, LR): a panel per family, a line
-    per method with a 95 % band over seeds, the family's threshold as a red line."""
+    per method with a band over seeds, the family's threshold as a red line."""
     if not families:
         return empty_figure("Probes", "the runs declare no probe families (metrics.json: probe_families)")
     sel = runs[(runs["size"] == size) & (runs["lr"] == lr)]
@@ -143,7 +143,7 @@ def probe_panels(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], fami
     order = [f for f in families if f in set(long["family"])]
     g = sns.relplot(data=long, x="step", y="value", hue="method", col="family", col_order=order, kind="line",
                     col_wrap=min(3, len(order)), palette=dict(palette), height=HEIGHT * 0.85, aspect=ASPECT * 1.2,
-                    facet_kws={"sharey": False}, **seed_band(resamples, seed))
+                    facet_kws={"sharey": False}, **band)
     for fid, ax in g.axes_dict.items():
         fam = families[fid]
         if fam.get("log_y"):

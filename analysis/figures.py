@@ -3,9 +3,10 @@
 Conventions shared by every figure, so they read as one set:
 - a panel per model size (smallest first), a line per method, one colour per method from
   ``method_palette`` everywhere; methods that change what "LR" means are dashed;
-- bands and error bars are 95 % intervals over seeds: seaborn's bootstrap of the seed mean for
-  curves (seeded with the benchmark's bootstrap seed), the shared paired bootstrap of
-  analysis/bootstrap.py for scores (read from scores.csv);
+- bands and error bars are intervals over seeds at the benchmark's confidence (95 % by
+  default): seaborn's bootstrap of the seed mean for curves (seeded with the benchmark's
+  bootstrap settings), the shared paired bootstrap of analysis/bootstrap.py for scores (read
+  from scores.csv);
 - losses are effective losses (nats/token) clipped at the benchmark's one l0, drawn dashed.
 Every function returns a matplotlib Figure (an empty one that says why when there is nothing
 to draw), saved by ``save_png``.
@@ -63,9 +64,10 @@ def dashes(runs: pd.DataFrame) -> dict[str, tuple | str]:
     return {m: (4, 2) if m in flagged else "" for m in sorted(set(runs["method"]))}
 
 
-def seed_band(resamples: int, seed: int) -> dict:
-    """seaborn's interval arguments: 95 % bootstrap CI of the seed mean, seeded."""
-    return {"errorbar": ("ci", 95), "n_boot": resamples, "seed": seed}
+def seed_band(resamples: int, seed: int, confidence: float) -> dict:
+    """seaborn's interval arguments: the bootstrap CI of the seed mean at the benchmark's
+    confidence, with its resample count and seed."""
+    return {"errorbar": ("ci", 100 * confidence), "n_boot": resamples, "seed": seed}
 
 
 def _size_titles(grid: sns.FacetGrid, params: Mapping[str, float]) -> None:
@@ -76,15 +78,15 @@ def _size_titles(grid: sns.FacetGrid, params: Mapping[str, float]) -> None:
 
 
 def loss_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: Mapping[str, float],
-               l0: float, resamples: int, seed: int) -> plt.Figure:
-    """Effective final loss against peak LR, a panel per size, a line per method, a 95 % band
+               l0: float, band: dict) -> plt.Figure:
+    """Effective final loss against peak LR, a panel per size, a line per method, a band
     over seeds; an x at l0 marks each diverged run, the dashed line is l0."""
     if runs.empty:
         return empty_figure("Final validation loss vs peak LR", "no runs")
     df = runs.assign(size=pd.Categorical(runs["size"], sizes))
     g = sns.relplot(data=df, x="lr", y="effective_loss", hue="method", style="method", col="size",
                     col_order=sizes, kind="line", marker="o", palette=dict(palette), dashes=dashes(df),
-                    height=HEIGHT, aspect=ASPECT, facet_kws={"sharey": True}, **seed_band(resamples, seed))
+                    height=HEIGHT, aspect=ASPECT, facet_kws={"sharey": True}, **band)
     div = df[df["diverged"].astype(bool)]
     for size, ax in g.axes_dict.items():
         d = div[div["size"] == size]
@@ -97,7 +99,7 @@ def loss_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: M
 
 
 def attn_logit_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: Mapping[str, float],
-                     resamples: int, seed: int, danger: float) -> plt.Figure:
+                     band: dict, danger: float) -> plt.Figure:
     """Max attention logit at the end of training against peak LR, log-log, a panel per size."""
     df = runs[np.isfinite(runs["max_attn_logit"]) & (runs["max_attn_logit"] > 0)] if "max_attn_logit" in runs else runs.iloc[0:0]
     if df.empty:
@@ -105,7 +107,7 @@ def attn_logit_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, par
     df = df.assign(size=pd.Categorical(df["size"], sizes))
     g = sns.relplot(data=df, x="lr", y="max_attn_logit", hue="method", style="method", col="size",
                     col_order=[s for s in sizes if s in set(df["size"])], kind="line", marker="o",
-                    palette=dict(palette), dashes=dashes(df), height=HEIGHT, aspect=ASPECT, **seed_band(resamples, seed))
+                    palette=dict(palette), dashes=dashes(df), height=HEIGHT, aspect=ASPECT, **band)
     g.refline(y=danger, color="0.35", ls=":", lw=1.2)
     g.set(xscale="log", yscale="log")
     g.set_axis_labels("peak learning rate", "max attention logit")
@@ -150,17 +152,17 @@ def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, 
     return g.figure
 
 
-def training_curves(long: pd.DataFrame, column: str, ylabel: str, palette: Mapping, resamples: int, seed: int,
+def training_curves(long: pd.DataFrame, column: str, ylabel: str, palette: Mapping, band: dict,
                     ylim: tuple[float, float] | None = None) -> plt.Figure:
     """A history column over steps: a row per size, a column per chosen LR ("best LR" and
-    "highest LR" of each method), a line per method with a 95 % band over seeds."""
+    "highest LR" of each method), a line per method with a band over seeds."""
     d = long.dropna(subset=[column]) if column in long else long.iloc[0:0]
     if d.empty:
         return empty_figure(ylabel, f"no '{column}' recorded in the chosen runs")
     g = sns.relplot(data=d, x="step", y=column, hue="method", row="size", col="which", kind="line",
                     palette=dict(palette), row_order=list(dict.fromkeys(d["size"])),
                     col_order=[c for c in ("best LR", "highest LR") if c in set(d["which"])],
-                    height=HEIGHT * 0.85, aspect=ASPECT * 1.3, **seed_band(resamples, seed))
+                    height=HEIGHT * 0.85, aspect=ASPECT * 1.3, **band)
     if ylim is not None:
         g.set(ylim=ylim)
     g.set_titles("{row_name}, {col_name} of each method")

@@ -70,7 +70,7 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
     else:
         sizes = size_order(runs, settings.sizes)
         palette, params = F.method_palette(runs["method"]), size_params(runs)
-        boot = {"resamples": settings.resamples, "seed": settings.seed}
+        band = F.seed_band(settings.resamples, settings.seed, settings.confidence)
         histories = {d: load_history(d) for d in runs["run_dir"] if (Path(d) / "history.csv").exists()}
         families = declared_families(runs["run_dir"])
         largest = sizes[-1]
@@ -79,15 +79,15 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
         top = curves.groupby(["method", "size", "which", "seed"])["loss"].first().median() if "loss" in curves else math.nan
         low = curves["loss"].min() if "loss" in curves else math.nan
         figs = {
-            "loss_vs_lr": F.loss_vs_lr(runs, sizes, palette, params, settings.l0, **boot),
+            "loss_vs_lr": F.loss_vs_lr(runs, sizes, palette, params, settings.l0, band),
             "scores_vs_size": F.scores_vs_size(scores, palette, params),
-            "attn_logit_vs_lr": F.attn_logit_vs_lr(runs, sizes, palette, params, danger=ATTN_LOGIT_DANGER, **boot),
+            "attn_logit_vs_lr": F.attn_logit_vs_lr(runs, sizes, palette, params, band, danger=ATTN_LOGIT_DANGER),
             "loss_curves": F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette,
-                                             ylim=(low - 0.05, top + 0.1) if math.isfinite(top) else None, **boot),
-            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, **boot),
+                                             ylim=(low - 0.05, top + 0.1) if math.isfinite(top) else None, band=band),
+            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band=band),
             "instability_prediction": D.instability_figure(runs, sizes),
             "grad_rms_vs_size": D.grad_rms_figure(runs, sizes, lr),
-            "probes": D.probe_panels(runs, histories, families, largest, lr, palette, **boot),
+            "probes": D.probe_panels(runs, histories, families, largest, lr, palette, band),
             "spikes": D.spikes_figure(runs, histories, families, spike_steps(runs)),
         }
         tables = {"instability_prediction": prediction_table(runs, sizes), "grad_rms_fits": grad_rms_fits(runs, sizes)}

@@ -4,11 +4,13 @@ from analysis.catalog import FIGURES, TABLES, figure_file, table_file
 from analysis.settings import SettingsError, reference_of
 
 try:  # the reference method must be one of the benchmark's methods: say so before training
-    REFERENCE = reference_of(BENCHMARK)
+    reference_of(BENCHMARK)
 except SettingsError as exc:
     raise WorkflowError(str(exc)) from None
 
 REPO_DIR = Path(workflow.current_basedir).parent.parent
+# The analysis package's sources: a change in them reruns the analysis rules (not the training).
+ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.suffix in (".py", ".j2", ".css"))
 CLAIMS_DIR = str(REPO_DIR / "claims")
 CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
 
@@ -36,6 +38,7 @@ rule aggregate:
         metrics=ALL_METRICS,
         evals=EVALS,
         benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
         f"{RESULTS}/runs.csv",
     log:
@@ -50,6 +53,7 @@ rule score:
     input:
         runs=rules.aggregate.output,
         benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
         scores=f"{RESULTS}/scores.csv",
         leaderboard=report(f"{RESULTS}/leaderboard.csv", category="Leaderboard",
@@ -67,6 +71,7 @@ rule claims:
         runs=rules.aggregate.output,
         benchmark=rules.describe.output.benchmark,
         claims=sorted(str(p) for p in Path(CLAIMS_DIR).glob("*.yaml")),
+        code=ANALYSIS_CODE,
     output:
         report(f"{RESULTS}/claims.csv", category="Claims", caption="../report/claims.rst"),
     params:
@@ -84,6 +89,7 @@ rule figures:
         runs=rules.aggregate.output,
         scores=rules.score.output.scores,
         benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
         **{name: report(f"{RESULTS}/figures/{figure_file(name)}", category="Figures",
                         caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES},
@@ -107,7 +113,7 @@ rule report:
         docs=rules.describe.output.docs,
         provenance=rules.describe.output.provenance,
         benchmark=rules.describe.output.benchmark,
-        template=str(REPO_DIR / "analysis" / "templates" / "report.html.j2"),
+        code=ANALYSIS_CODE,
         captions=[f"{CAPTIONS_DIR}/{name}.rst" for name in FIGURES],
     output:
         report(f"{RESULTS}/report.html", category="Report", caption="../report/report.rst"),
