@@ -136,3 +136,18 @@ def test_empty_grid_still_writes_every_output(tmp_path):
           "--figures-dir", c("fig"), "--out", c("r.html"), *b])
     assert len(list((tmp_path / "fig").glob("*.png"))) == len(catalog.FIGURES)
     assert "stabench report: empty" in (tmp_path / "r.html").read_text()
+
+
+@pytest.mark.slow  # a Snakemake dry run: ~15 s
+def test_workflow_rejects_a_reference_that_is_not_a_method(tmp_path):
+    """A typo in `reference` fails the dry run with one line naming the methods, before training."""
+    import subprocess
+    import sys
+    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    bench["reference"] = "baselin"
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+                           "-n", "--config", f"benchmark={path}"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "reference 'baselin' is not one of its methods: " in proc.stdout + proc.stderr
