@@ -31,6 +31,8 @@ from analysis.bootstrap import percentile_interval
 from analysis.claim_stats import ACROSS, Context, NotTestable, label, values
 from analysis.predict import holdout_attention
 from analysis.probe_families import family_of
+from analysis.runs import size_params
+from analysis.statistics import slope
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "contradicted", "inconclusive", "not testable here"
 VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
@@ -197,9 +199,8 @@ def check_trend(claim: dict, ctx: Context) -> list[Finding]:
     if not methods:
         raise NotTestable(f"needs {claim['method']}")
     needs(claim, ctx)
-    from analysis.statistics import slope
-    x = np.log10(ctx.per_size("n_params_non_embedding" if "n_params_non_embedding" in ctx.runs
-                              and ctx.runs["n_params_non_embedding"].notna().any() else "n_params"))
+    params = size_params(ctx.runs)
+    x = np.log10([params.get(s, np.nan) for s in ctx.grid.sizes])
     words, unit = label(claim["statistic"], claim.get("probe"))
     findings = []
     for m in methods:

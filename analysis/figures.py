@@ -70,11 +70,19 @@ def seed_band(resamples: int, seed: int, confidence: float) -> dict:
     return {"errorbar": ("ci", 100 * confidence), "n_boot": resamples, "seed": seed}
 
 
+def human(n: float) -> str:
+    """A parameter count in a few characters: 11.3k, 41.1M, 1.2B."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
 def _size_titles(grid: sns.FacetGrid, params: Mapping[str, float]) -> None:
     for key, ax in grid.axes_dict.items():
         size = key[-1] if isinstance(key, tuple) else key
         n = params.get(size, np.nan)
-        ax.set_title(f"{size} ({n / 1e6:.3g}M non-emb. params)" if np.isfinite(n) else str(size))
+        ax.set_title(f"{size} ({human(n)} non-embedding params)" if np.isfinite(n) else str(size))
 
 
 def loss_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: Mapping[str, float],
@@ -143,7 +151,7 @@ def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, 
     g.set(xscale="log")
     ticks = sorted((n, s) for s, n in params.items() if s in set(scores["size"]))
     for ax in g.axes.flat:
-        ax.set_xticks([n for n, _ in ticks], [f"{s}\n{n:.3g}" for n, s in ticks])
+        ax.set_xticks([n for n, _ in ticks], [f"{s}\n{human(n)}" for n, s in ticks])
         ax.minorticks_off()
     g.axes_dict[STAT_TITLES["best_lr"]].set_yscale("log")
     g.set_titles("{col_name}")
