@@ -13,7 +13,8 @@ and every number can be unit-tested on hand-built tables. One module, one job:
     sensitivity     scores.csv: scores per (method, size) with intervals and ranks
     ranking         shared ranks and the never-learned rule
     leaderboard     leaderboard.csv
-    claim_stats     the statistics claims test; claims: claim files -> verdicts -> claims.csv
+    claim_stats     the statistics claims are tested on; claim_checks: the four tests and
+                    their verdicts; claims: claim files -> verdicts -> claims.csv
     predict         instability prediction (attention logits, gradient RMS vs eps)
     figures, diagnostics, plots   seaborn figures and the `figures` step
     catalog         figure and table names; report: the Jinja2 report
