@@ -14,21 +14,27 @@ ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.s
 CLAIMS_DIR = str(REPO_DIR / "claims")
 CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
 
+# Seconds to a minute of pandas and matplotlib: never worth a cluster job.
+localrules: describe, aggregate, score, claims, figures, report
+
 
 rule describe:
     """Method docstrings, provenance (versions, git commit, date) and the resolved benchmark
     (defaults filled, analysis settings included); reruns when any run changes."""
     input:
-        BENCHMARK_FILE,
-        ALL_METRICS,
+        benchmark=BENCHMARK_FILE,
+        metrics=ALL_METRICS,
     output:
         docs=f"{RESULTS}/method_docs.json",
         provenance=f"{RESULTS}/provenance.json",
         benchmark=f"{RESULTS}/benchmark.yaml",
+    params:
+        python=PYTHON,
+        out=lambda wildcards, output: str(Path(output.benchmark).parent),
     log:
         f"{RESULTS}/logs/describe.log",
     shell:
-        "{PYTHON} -m stabench describe {BENCHMARK_FILE} --out {RESULTS} > {log} 2>&1"
+        "{params.python} -m stabench describe {input.benchmark} --out {params.out} > {log} 2>&1"
 
 
 rule aggregate:
@@ -41,10 +47,12 @@ rule aggregate:
         code=ANALYSIS_CODE,
     output:
         f"{RESULTS}/runs.csv",
+    params:
+        python=PYTHON,
     log:
         f"{RESULTS}/logs/aggregate.log",
     shell:
-        "{PYTHON} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
+        "{params.python} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
         " --benchmark-yaml {input.benchmark} --runs-csv {output} > {log} 2>&1"
 
 
@@ -58,10 +66,12 @@ rule score:
         scores=f"{RESULTS}/scores.csv",
         leaderboard=report(f"{RESULTS}/leaderboard.csv", category="Leaderboard",
                            caption="../report/leaderboard.rst"),
+    params:
+        python=PYTHON,
     log:
         f"{RESULTS}/logs/score.log",
     shell:
-        "{PYTHON} -m analysis score --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
+        "{params.python} -m analysis score --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
         " --scores-csv {output.scores} --leaderboard-csv {output.leaderboard} > {log} 2>&1"
 
 
@@ -75,11 +85,12 @@ rule claims:
     output:
         report(f"{RESULTS}/claims.csv", category="Claims", caption="../report/claims.rst"),
     params:
-        claims_dir=CLAIMS_DIR,
+        python=PYTHON,
+        claims_dir=lambda wildcards, input: str(Path(input.claims[0]).parent),
     log:
         f"{RESULTS}/logs/claims.log",
     shell:
-        "{PYTHON} -m analysis claims --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
+        "{params.python} -m analysis claims --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
         " --claims-dir {params.claims_dir} --claims-csv {output} > {log} 2>&1"
 
 
@@ -95,11 +106,12 @@ rule figures:
                         caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES},
         **{f"table_{name}": f"{RESULTS}/figures/{table_file(name)}" for name in TABLES},
     params:
-        outdir=f"{RESULTS}/figures",
+        python=PYTHON,
+        outdir=lambda wildcards, output: str(Path(output[0]).parent),
     log:
         f"{RESULTS}/logs/figures.log",
     shell:
-        "{PYTHON} -m analysis figures --runs-csv {input.runs} --scores-csv {input.scores}"
+        "{params.python} -m analysis figures --runs-csv {input.runs} --scores-csv {input.scores}"
         " --benchmark-yaml {input.benchmark} --outdir {params.outdir} > {log} 2>&1"
 
 
@@ -118,12 +130,13 @@ rule report:
     output:
         report(f"{RESULTS}/report.html", category="Report", caption="../report/report.rst"),
     params:
-        figures_dir=f"{RESULTS}/figures",
-        captions_dir=CAPTIONS_DIR,
+        python=PYTHON,
+        figures_dir=lambda wildcards, input: str(Path(input.figures[0]).parent),
+        captions_dir=lambda wildcards, input: str(Path(input.captions[0]).parent),
     log:
         f"{RESULTS}/logs/report.log",
     shell:
-        "{PYTHON} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
+        "{params.python} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
         " --claims-csv {input.claims} --figures-dir {params.figures_dir} --captions-dir {params.captions_dir}"
         " --benchmark-yaml {input.benchmark} --method-docs {input.docs} --provenance {input.provenance}"
         " --out {output} > {log} 2>&1"
