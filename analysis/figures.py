@@ -161,18 +161,25 @@ def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, 
 
 
 def training_curves(long: pd.DataFrame, column: str, ylabel: str, palette: Mapping, band: dict,
-                    ylim: tuple[float, float] | None = None) -> plt.Figure:
+                    clip: float | None = None) -> plt.Figure:
     """A history column over steps: a row per size, a column per chosen LR ("best LR" and
-    "highest LR" of each method), a line per method with a band over seeds."""
+    "highest LR" of each method), a line per method with a band over seeds. Each panel has its
+    own y range, cut at ``clip`` (a diverging run's loss shoots off and would flatten the rest)."""
     d = long.dropna(subset=[column]) if column in long else long.iloc[0:0]
     if d.empty:
         return empty_figure(ylabel, f"no '{column}' recorded in the chosen runs")
     g = sns.relplot(data=d, x="step", y=column, hue="method", row="size", col="which", kind="line",
                     palette=dict(palette), row_order=list(dict.fromkeys(d["size"])),
                     col_order=[c for c in ("best LR", "highest LR") if c in set(d["which"])],
-                    height=HEIGHT * 0.85, aspect=ASPECT * 1.3, **band)
-    if ylim is not None:
-        g.set(ylim=ylim)
+                    height=HEIGHT * 0.85, aspect=ASPECT * 1.3, facet_kws={"sharey": False}, marker="o",
+                    markersize=3, markeredgewidth=0, **band)
+    if clip is not None:
+        for (size, which), ax in g.axes_dict.items():
+            v = d.loc[(d["size"] == size) & (d["which"] == which), column]
+            lo = float(v.min())
+            hi = float(v.max()) if lo >= clip else min(float(v.max()), clip)  # all above: show them
+            pad = 0.05 * max(hi - lo, 0.1)
+            ax.set_ylim(lo - pad, hi + pad)
     g.set_titles("{row_name}, {col_name} of each method")
     g.set_axis_labels("training step", ylabel)
     return g.figure

@@ -76,15 +76,14 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
         largest = sizes[-1]
         lr = D.chosen_lr(runs, largest, settings.reference)
         curves = curve_runs(runs, scores, histories)
-        top = curves.groupby(["method", "size", "which", "seed"])["loss"].first().median() if "loss" in curves else math.nan
-        low = curves["loss"].min() if "loss" in curves else math.nan
         figs = {
             "loss_vs_lr": F.loss_vs_lr(runs, sizes, palette, params, settings.l0, band),
             "scores_vs_size": F.scores_vs_size(scores, palette, params),
             "attn_logit_vs_lr": F.attn_logit_vs_lr(runs, sizes, palette, params, band, danger=ATTN_LOGIT_DANGER),
-            "loss_curves": F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette,
-                                             ylim=(low - 0.05, top + 0.1) if math.isfinite(top) else None, band=band),
-            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band=band),
+            # a display choice: a diverging run shows its climb without flattening the others
+            "loss_curves": F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette, band,
+                                             clip=1.5 * settings.l0),
+            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band),
             "instability_prediction": D.instability_figure(runs, sizes),
             "grad_rms_vs_size": D.grad_rms_figure(runs, sizes, lr),
             "probes": D.probe_panels(runs, histories, families, largest, lr, palette, band),
