@@ -104,8 +104,10 @@ def cmd_report(a: argparse.Namespace) -> None:
     figs = {k: figdir / catalog.figure_file(k) for k in catalog.FIGURES if (figdir / catalog.figure_file(k)).exists()}
     tables = {k: pd.read_csv(figdir / catalog.table_file(k)) for k in catalog.TABLES
               if (figdir / catalog.table_file(k)).exists() and (figdir / catalog.table_file(k)).stat().st_size > 1}
+    from analysis.jobs import job_costs
     build_report(Path(a.out), benchmark_name=str(benchmark.get("name") or Path(a.benchmark_yaml).stem),
                  settings=settings, leaderboard_df=read_table(a.leaderboard_csv), runs_df=runs,
+                 costs=job_costs(a.job_times or []),
                  claims_df=pd.read_csv(a.claims_csv), figure_pngs=figs, tables=tables, captions_dir=a.captions_dir,
                  method_docs=_read_json(a.method_docs), benchmark=benchmark, provenance=_read_json(a.provenance))
 
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--benchmark-yaml", **bench)
     s.add_argument("--method-docs", help="JSON file: {method label: docstring}")
     s.add_argument("--provenance", help="JSON file: {key: value} (versions, git commit, date)")
+    s.add_argument("--job-times", nargs="*", help="Snakemake benchmark files of the train and eval jobs")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
     return p

@@ -166,7 +166,8 @@ def table_context(df: pd.DataFrame, max_rows: int = 60) -> dict:
 def build_report(out_html: Path | str, *, benchmark_name: str, settings: Settings, leaderboard_df: pd.DataFrame,
                  runs_df: pd.DataFrame, claims_df: pd.DataFrame, figure_pngs: Mapping[str, Path | str],
                  tables: Mapping[str, pd.DataFrame], captions_dir: Path | str | None,
-                 method_docs: Mapping[str, str], benchmark: Mapping, provenance: Mapping) -> None:
+                 method_docs: Mapping[str, str], benchmark: Mapping, provenance: Mapping,
+                 costs: pd.DataFrame | None = None) -> None:
     """Render the template to out_html (atomically)."""
     lb = leaderboard_df
     sizes = [c[len("lr_sensitivity["):-1] for c in lb.columns if c.startswith("lr_sensitivity[")]
@@ -195,6 +196,11 @@ def build_report(out_html: Path | str, *, benchmark_name: str, settings: Setting
         "figures": figures, "eval": eval_context(runs_df),
         "runs": {"headers": [h for c, h, _ in RUN_TABLE if c in runs_df],
                  "rows": [[f(r[c]) for c, _, f in RUN_TABLE if c in runs_df] for _, r in runs_df.iterrows()]},
+        "costs": [{"method": r.method, "train": f"{num(r.train_seconds / 60, 1)} min" if not _isnan(r.train_seconds) else "—",
+                   "train_jobs": integer(r.train_jobs), "train_peak": integer(r.train_peak_mb),
+                   "eval": f"{num(r.eval_seconds / 60, 1)} min" if not _isnan(r.eval_seconds) else "—",
+                   "eval_jobs": integer(r.eval_jobs), "eval_peak": integer(r.eval_peak_mb)}
+                  for r in (costs if costs is not None else pd.DataFrame()).itertuples()],
         "method_docs": dict(sorted(method_docs.items())),
         "benchmark_yaml": yaml.safe_dump(dict(benchmark), sort_keys=False, default_flow_style=False),
         "provenance": {k: json.dumps(v, indent=1, default=str) if isinstance(v, (dict, list)) else v

@@ -14,15 +14,29 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _pip_and_python(env_file: Path) -> tuple[set[str], str]:
+    env = yaml.safe_load(env_file.read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    return set(pip), python.removeprefix("python")
+
+
 def test_environment_yml_mirrors_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     wanted = set(project["dependencies"]) | {r for reqs in project["optional-dependencies"].values() for r in reqs}
-    env = yaml.safe_load((REPO / "environment.yml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
-    assert set(pip) - {"-e ."} == wanted
+    pip, python = _pip_and_python(REPO / "environment.yml")
+    assert pip - {"-e ."} == wanted
     assert "-e ." in pip
-    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
-    assert python.removeprefix("python") == project["requires-python"]
+    assert python == project["requires-python"]
+
+
+def test_workflow_env_mirrors_pyproject():
+    """The rules' software environment: stabench itself and its runtime dependencies."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    pip, python = _pip_and_python(REPO / "workflow" / "envs" / "stabench.yaml")
+    assert pip == set(project["dependencies"]) | {"-e ../.."}
+    assert (REPO / "workflow" / "envs" / "../..").resolve() == REPO  # -e ../.. is this repository
+    assert python == project["requires-python"]
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ rule describe:
     params:
         python=PYTHON,
         out=lambda wildcards, output: str(Path(output.benchmark).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/describe.log",
     shell:
@@ -49,6 +51,8 @@ rule aggregate:
         f"{RESULTS}/runs.csv",
     params:
         python=PYTHON,
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/aggregate.log",
     shell:
@@ -68,6 +72,8 @@ rule score:
                            caption="../report/leaderboard.rst"),
     params:
         python=PYTHON,
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/score.log",
     shell:
@@ -87,6 +93,8 @@ rule claims:
     params:
         python=PYTHON,
         claims_dir=lambda wildcards, input: str(Path(input.claims[0]).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/claims.log",
     shell:
@@ -108,6 +116,8 @@ rule figures:
     params:
         python=PYTHON,
         outdir=lambda wildcards, output: str(Path(output[0]).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/figures.log",
     shell:
@@ -127,16 +137,19 @@ rule report:
         benchmark=rules.describe.output.benchmark,
         code=ANALYSIS_CODE,
         captions=[f"{CAPTIONS_DIR}/{name}.rst" for name in FIGURES],
+        job_times=job_times(),
     output:
         report(f"{RESULTS}/report.html", category="Report", caption="../report/report.rst"),
     params:
         python=PYTHON,
         figures_dir=lambda wildcards, input: str(Path(input.figures[0]).parent),
         captions_dir=lambda wildcards, input: str(Path(input.captions[0]).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/report.log",
     shell:
         "{params.python} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
         " --claims-csv {input.claims} --figures-dir {params.figures_dir} --captions-dir {params.captions_dir}"
         " --benchmark-yaml {input.benchmark} --method-docs {input.docs} --provenance {input.provenance}"
-        " --out {output} > {log} 2>&1"
+        " --job-times {input.job_times} --out {output} > {log} 2>&1"

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from stabench.config import ConfigError, load_benchmark, method_specs, resolve_benchmark_path
@@ -61,8 +62,39 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
+DATA_DIR = f"{RESULTS}/data"
+
+
 def run_dir(method, size, lr, seed):
     return f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}"
+
+
+def run_files(method, size, name):
+    """One file of every run of a (method, size): the outputs of its ensemble job."""
+    return [f"{run_dir(method, size, lr, seed)}/{name}" for lr in LRS for seed in SEEDS]
+
+
+def runs_of(method, size):
+    return [run_dir(method, size, lr, seed) for lr in LRS for seed in SEEDS]
+
+
+def job_times():
+    """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
+    train = ([f"{RESULTS}/benchmarks/train/{m}/{s}/pack.tsv" for m in METHODS for s in SIZES] if PACK else
+             [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
+              for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS])
+    evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
+             "all": [f"{RESULTS}/benchmarks/eval/{m}/{s}/lr{lr}-s{seed}.tsv"
+                     for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],
+             "none": []}[BENCHMARK["eval"]["runs"]]
+    return train + evals
+
+
+def pack_members(wildcards):
+    """--run LR:SEED:FOLDER arguments of a (method, size)'s ensemble job."""
+    return " ".join(f"--run {lr}:{seed}:{run_dir(wildcards.method, wildcards.size, lr, seed)}"
+                    for lr in LRS for seed in SEEDS)
 
 
 ALL_METRICS = [
