@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import platform
 import time
 import warnings
@@ -156,8 +157,9 @@ def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, prog
     data = load_data(data_dir)
     check_data(data.manifest, runs[0].config, data_dir)
     stack = runs[0].stack
-    with run_locks(out_dirs):
-        members = [Member.open(run, out, data.vocab_size) for run, out in zip(runs, out_dirs)]
+    main_process = int(os.environ.get("RANK", "0")) == 0  # several processes: rank 0 owns the folders
+    with run_locks(out_dirs if main_process else []):
+        members = [Member.open(run, out, data.vocab_size, write=main_process) for run, out in zip(runs, out_dirs)]
         waiting = [m for m in members if not m.finished]
         alone = not pack or stack.unpackable_reason() or runs[0].config["train"]["world_size"] > 1
         groups: dict[int, list[Member]] = defaultdict(list)
