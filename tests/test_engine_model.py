@@ -180,7 +180,6 @@ def test_each_member_computes_its_own_model():
                                        rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:grad and param do not obey")
 def test_members_do_not_mix_gradients():
     pack, singles = stacked([0, 1])
     idx = tokens(members=2, seed=3)
