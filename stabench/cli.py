@@ -19,7 +19,7 @@ from .config import ConfigError, load_benchmark, method_specs, size_config
 from .data import DataError, prepare_data
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
-from .loop import DataMismatchError, train
+from .loop import DataMismatchError, check_same_ensemble, train
 from .methods import MethodError, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
 from .runspec import resolve_run
@@ -118,6 +118,7 @@ def cmd_train_pack(args) -> int:
     members = [parse_pack_run(text) for text in args.run]
     runs = [resolve_run(benchmark, method=args.method, size=args.size, lr=lr, seed=seed, world_size=world_size())
             for lr, seed, _ in members]
+    check_same_ensemble(runs)  # before any data work, and before saying how they train
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
     reason = runs[0].stack.unpackable_reason()
     print(f"{args.method} {args.size}: {len(runs)} runs "

@@ -93,6 +93,13 @@ def train_pack(engine_bench):
     return run
 
 
+def pytest_configure(config):
+    # Parameters of a pack are strided views of one (K, N) tensor; torch reports that their
+    # gradients "do not obey the gradient layout contract" (a possible slowdown, not an error).
+    # stabench.loop silences it at import, which pytest's per-test warning capture undoes.
+    config.addinivalue_line("filterwarnings", "ignore:grad and param do not obey the gradient layout contract")
+
+
 # Bitwise comparisons of losses need a fixed intra-op thread count; tiny models run fastest
 # on one thread anyway, so the whole suite uses one.
 torch.set_num_threads(1)

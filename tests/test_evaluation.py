@@ -48,7 +48,7 @@ def request(kind: str, *args):
 @torch.no_grad()
 def hand_logprobs(gpt, inp: list[int], targets: list[int]) -> tuple[float, bool]:
     """Sum of log p(targets) at the last len(targets) positions of one forward of inp."""
-    logp = F.log_softmax(gpt(torch.tensor([inp]))[0].float(), dim=-1)[len(inp) - len(targets):]
+    logp = F.log_softmax(gpt(torch.tensor([[inp]]))[0, 0].float(), dim=-1)[len(inp) - len(targets):]
     t = torch.tensor(targets)
     return logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
 
@@ -83,8 +83,8 @@ def test_loglikelihood_is_the_models_summed_logprob(lm, gpt, tokenizer):
 def test_is_greedy(lm, gpt):
     ctx = [5, 17, 42, 99]
     with torch.no_grad():
-        first = int(gpt(torch.tensor([ctx]))[0, -1].argmax())
-        second = int(gpt(torch.tensor([ctx + [first]]))[0, -1].argmax())
+        first = int(gpt(torch.tensor([[ctx]]))[0, 0, -1].argmax())
+        second = int(gpt(torch.tensor([[ctx + [first]]]))[0, 0, -1].argmax())
     other = (first + 1) % 512
     (ll_g, g), (ll_2, g2), (ll_o, o), (_, mixed) = lm._loglikelihood_tokens(
         [(None, ctx, [first]), (None, ctx, [first, second]), (None, ctx, [other]), (None, ctx, [other, second])],
@@ -127,7 +127,7 @@ def test_generate_until_is_greedy_and_stops(lm, gpt, tokenizer):
     greedy = []
     with torch.no_grad():
         for _ in range(6):
-            nxt = int(gpt(torch.tensor([(toks + greedy)[-SEQ_LEN:]]))[0, -1].argmax())
+            nxt = int(gpt(torch.tensor([[(toks + greedy)[-SEQ_LEN:]]]))[0, 0, -1].argmax())
             if nxt == lm.eot_token_id:
                 break
             greedy.append(nxt)
@@ -206,11 +206,11 @@ def test_task_building_is_deterministic(engine_bench, tasks_dir, tmp_path):
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained_run(engine_bench, tmp_path_factory):
-    from stabench.config import run_config
-    from stabench.trainer import train_run
+    from stabench.loop import train
+    from stabench.runspec import resolve_run
     out = tmp_path_factory.mktemp("eval_run") / "baseline"
-    config = run_config(engine_bench.benchmark, method="baseline", size="tiny", lr=1e-2, seed=0)
-    train_run(config, out, engine_bench.data_dir, progress=False)
+    run = resolve_run(engine_bench.benchmark, method="baseline", size="tiny", lr=1e-2, seed=0)
+    train([run], [out], engine_bench.data_dir, progress=False)
     return out
 
 
