@@ -43,7 +43,7 @@ DOC = '"""A test method."""\nVERSION = "0"\n'
 def context(member_logits, targets, **kw) -> Context:
     k = len(member_logits)
     return Context(step=1, tokens=0, config={}, model=None, peak_lrs=(1e-3,) * k, seeds=(0,) * k,
-                   member_logits=member_logits, targets=targets, **kw)
+                   cache={"member_logits": member_logits}, targets=targets, **kw)
 
 
 def _logits(seed: int = 0, scale: float = 3.0, members: int = 2):
@@ -64,6 +64,20 @@ def test_context_caches_log_z_and_stacks_logits():
     assert ctx.logits is ctx.logits and ctx.logits.shape == (2, 2, 5, 11)
     torch.testing.assert_close(Context.member_mean(ctx.logits), torch.stack([x.mean() for x in logits]))
     assert ctx.loss is None and ctx.optimizer is None and ctx.grad_norm is None  # not there yet
+
+
+def test_context_computes_member_logits_from_hidden_states_on_demand():
+    """The training loss never materializes logits (stabench.readout); a hook that asks for them
+    gets the readout of the hidden states, with grad."""
+    from stabench.model import GPT
+    torch.manual_seed(0)
+    model = GPT(vocab_size=11, seq_len=5, d_model=8, n_layers=1, n_heads=2)
+    idx = torch.randint(0, 11, (1, 2, 5))
+    hidden, _ = model.features(idx)
+    ctx = Context(step=1, tokens=0, config={}, model=model, peak_lrs=(1e-3,), seeds=(0,), hidden=hidden, targets=idx)
+    assert "member_logits" not in ctx.cache
+    torch.testing.assert_close(torch.stack(ctx.member_logits), model(idx))
+    assert ctx.member_logits[0].requires_grad
 
 
 # ---- z_loss -------------------------------------------------------------------------------
@@ -441,13 +455,6 @@ def test_the_scan_finds_files_and_mentions(tmp_path):
     assert mentions([sample]) == ['sample.py:3: "qk_layernorm"', "sample.py:4: z_loss", 'sample.py:7: f"{x} baseline"']
 
 
-@pytest.mark.parametrize("part", [
-    "stabench",
-    "workflow",
-    pytest.param("analysis", marks=pytest.mark.xfail(strict=True, reason=(
-        "issue 12 item 9 not done yet: analysis/ names methods (analysis/cli.py picks 'baseline' as "
-        "the reference, analysis/diagnostics.py lists LOG_Z_METHODS and filters on 'z_loss', "
-        "analysis/report.py's text says 'the baseline'); the benchmark should name its reference"))),
-])
+@pytest.mark.parametrize("part", ["stabench", "workflow", "analysis"])
 def test_code_names_no_method(part):
     assert mentions(code_files(part)) == []

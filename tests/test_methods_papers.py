@@ -361,9 +361,14 @@ def test_root_schedule_grows_faster_early():
     assert seq_len_at(10, 512, 100, schedule="root", root=2) > seq_len_at(10, 512, 100, schedule="linear")
 
 
+def resolved(config: dict):
+    """The config's method with the arguments its configure hook resolved (as the engine uses it)."""
+    return stack_of(config).methods[0]
+
+
 def test_seq_len_transform_batch_shape():
-    config = make_config("seq_len_warmup", train={"steps": 100, "seq_len": 32})
-    method = load_method("seq_len_warmup")
+    config = make_config("seq_len_warmup", train={"steps": 100, "seq_len": 32}, args={"seq_len_warmup": {"budget": "steps"}})
+    method = resolved(config)
     batch = batch_of(config)
     hook = method.hook("transform_batch")
     assert hook(batch, 1, config, method.args).shape == (1, 4, 9)        # 8 inputs + 1
@@ -376,8 +381,9 @@ def test_seq_len_transform_batch_shape():
 
 def test_seq_len_lr_follows_tokens_and_is_absolute():
     train = {"steps": 100, "seq_len": 32, "batch_size": 8, "warmup_steps": 10}
-    config = make_config("seq_len_warmup", train=train)
-    method = load_method("seq_len_warmup")
+    steps_budget = {"seq_len_warmup": {"budget": "steps"}}
+    config = make_config("seq_len_warmup", train=train, args=steps_budget)
+    method = resolved(config)
     peak = config["lr"]
     lr = lambda step, tokens, c=config: method.hook("lr_schedule")(step, tokens, c, method.args)  # noqa: E731
     per_full_step = 8 * 32
@@ -386,7 +392,7 @@ def test_seq_len_lr_follows_tokens_and_is_absolute():
     assert lr(1, 1000) == pytest.approx(peak * (1000 + 64) / (10 * per_full_step))
     assert lr(7, 0) == lr(1, 0)   # the step number alone does not move it
     # the returned value is the LR itself: another peak scales it, no division left to the engine
-    other = make_config("seq_len_warmup", train=train, lr=3e-3)
+    other = make_config("seq_len_warmup", train=train, lr=3e-3, args=steps_budget)
     assert lr(3, 1000, other) == pytest.approx(lr(3, 1000) * 0.3)  # in the warm-up: linear in the peak
     # the cosine ends at min_lr at the tokens this run reaches in train.steps steps
     run_tokens = 8 * method.module.run_tokens_per_row(config, method.args)
@@ -402,6 +408,24 @@ def test_seq_len_lr_follows_tokens_and_is_absolute():
     table = learning_rates(config, stack, tokens)
     assert tokens[2] == 8 * 8 and table[1] == pytest.approx(lr(1, 0))
     assert table[100] == pytest.approx(config["train"]["min_lr"])
+
+
+def test_seq_len_warmup_trains_the_benchmarks_tokens_by_default():
+    """Li et al. compare at equal tokens: by default the run takes the fewest steps that see the
+    tokens of the benchmark's full-length runs (train.steps x seq_len per row), its warm-up
+    length fixed from the benchmark's steps, and its LR decays to min_lr over those tokens."""
+    train = {"steps": 100, "seq_len": 32, "batch_size": 8, "warmup_steps": 10}
+    config = make_config("seq_len_warmup", train=train)
+    method = resolved(config)
+    assert method.args["budget"] == "tokens" and method.args["steps"] == 30  # 0.3 x the benchmark's 100
+    steps = config["train"]["steps"]
+    tokens = tokens_before(config, stack_of(config))
+    assert tokens[-1] >= 100 * 8 * 32 > tokens[-2]  # the fewest steps that reach the tokens
+    assert steps > 100
+    table = learning_rates(config, stack_of(config), tokens)
+    assert table[steps] == pytest.approx(config["train"]["min_lr"])
+    fewer = make_config("seq_len_warmup", train=train, args={"seq_len_warmup": {"budget": "steps"}})
+    assert fewer["train"]["steps"] == 100 and tokens_before(fewer, stack_of(fewer))[-1] < 100 * 8 * 32
 
 
 # ---- depth warm-up -----------------------------------------------------------------------------
@@ -543,11 +567,12 @@ def test_paper_method_trains_end_to_end(engine_bench, tmp_path, run_training, me
     bench = engine_bench.load(["train.steps=12", "train.warmup_steps=3", "train.probe_every=4",
                                "train.eval_every=12", "train.checkpoint_every=100"])
     metrics = run_training(tmp_path, benchmark=bench, method=method, lr=3e-3)
-    assert metrics["steps"] == 12 and not metrics["diverged"]
+    assert not metrics["diverged"]
+    assert metrics["steps"] == 12 or ("seq_len_warmup" in method and metrics["steps"] > 12)  # equal tokens
     assert math.isfinite(metrics["final_val_loss"]) and metrics["final_val_loss"] < metrics["init_loss"]
     assert [m["name"] for m in metrics["methods"]] == method.split("+")
     if "seq_len_warmup" in method:
-        assert metrics["tokens"] < 12 * 8 * 32
+        assert 12 * 8 * 32 <= metrics["tokens"] < 12 * 8 * 32 + 8 * 32
     header = (tmp_path / "history.csv").read_text().splitlines()[0].split(",")
     if method == "wesar":
         assert "gate/blocks.0.attn.q" in header and "gate/head" in header

@@ -53,7 +53,7 @@ def context(ensemble, optimizer, step=2, **kw) -> Context:
     logits = [torch.zeros(1, 8, 64) for _ in range(K)]
     return Context(step=step, tokens=0, config=CONFIG, model=ensemble.model, peak_lrs=tuple(LR.tolist()),
                    seeds=tuple(range(K)), lr=LR, loss=torch.tensor([4.0, 5.0]), grad_norm=torch.tensor([1.0, 2.0]),
-                   optimizer=OptimizerView(optimizer, LR) if optimizer else None, member_logits=logits,
+                   optimizer=OptimizerView(optimizer, LR) if optimizer else None, cache={"member_logits": logits},
                    targets=torch.zeros(1, 1, 8, dtype=torch.long), **kw)
 
 
@@ -221,7 +221,7 @@ def test_output_logits_probe_per_member():
     g = torch.Generator().manual_seed(0)
     logits = [torch.randn(2, 8, 64, generator=g) * (k + 1) for k in range(K)]
     ctx = Context(step=1, tokens=0, config=CONFIG, model=ensemble.model, peak_lrs=(1e-3, 3e-3), seeds=(0, 1),
-                  member_logits=logits, targets=torch.zeros(1, 2, 8, dtype=torch.long))
+                  cache={"member_logits": logits}, targets=torch.zeros(1, 2, 8, dtype=torch.long))
     row = PROBES["output_logits"].fn(ctx)
     for k, x in enumerate(logits):
         log_z = torch.logsumexp(x, -1)

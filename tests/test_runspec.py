@@ -95,7 +95,7 @@ def test_identity_is_stable_and_follows_what_the_run_computes(engine_bench, monk
     assert resolve(renamed).identity == ident
     labelled = engine_bench.with_methods(["baseline", {"label": "plain", "use": "baseline"}])
     assert resolve(labelled, "plain").identity == ident
-    assert set(NOT_IDENTITY) == {"benchmark", "method", "train.checkpoint_every", "train.device"}
+    assert set(NOT_IDENTITY) == {"benchmark", "method", "train.checkpoint_every", "train.device", "train.trackers"}
     # a method's version is part of it
     monkeypatch.setattr(load_module("z_loss"), "VERSION", "99")
     assert resolve(bench, "z_loss").identity != changed["method"]

@@ -13,8 +13,11 @@ from stabench.config import ConfigError, load_benchmark, method_specs, resolve_b
 from stabench.methods import MethodError, load_stack
 from stabench.runspec import lr_labels, resolve_run
 
+# The jobs read the benchmark as the user named it (a param, not an input file): editing the file
+# in place (adding a method) retrains exactly the runs whose identity (their own param) changes.
+BENCHMARK_ARG = str(config.get("benchmark", "cpu"))
 try:
-    BENCHMARK_FILE = resolve_benchmark_path(config.get("benchmark", "cpu"))
+    BENCHMARK_FILE = resolve_benchmark_path(BENCHMARK_ARG)
     # stabench's own check first: it names the field and what is allowed in one line.
     BENCHMARK = load_benchmark(BENCHMARK_FILE)
     STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}

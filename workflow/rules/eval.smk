@@ -24,11 +24,11 @@ rule build_eval_tasks:
     """Held-out documents -> stabench_cloze / stabench_continuation jsonl + lm-eval YAML."""
     input:
         manifest=rules.prepare_data.output.manifest,
-        benchmark=BENCHMARK_FILE,
     output:
         manifest=f"{EVAL_TASKS_DIR}/manifest.json",
     params:
         python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=json.dumps({"n_examples": EVAL["n_examples"], "seed": EVAL["seed"], "builder": BUILDER_VERSION}),
         data=lambda wc, input: str(Path(input.manifest).parent),
         out=lambda wc, output: str(Path(output.manifest).parent),
@@ -37,7 +37,7 @@ rule build_eval_tasks:
     log:
         f"{RESULTS}/logs/build_eval_tasks.log",
     shell:
-        "{params.python} -m stabench build-tasks {input.benchmark} --data {params.data} --out {params.out}"
+        "{params.python} -m stabench build-tasks {params.benchmark} --data {params.data} --out {params.out}"
         " --no-progress > {log} 2>&1"
 
 
@@ -46,12 +46,12 @@ rule evaluate:
     input:
         tasks=rules.build_eval_tasks.output.manifest,
         data=rules.prepare_data.output.manifest,
-        benchmark=BENCHMARK_FILE,
         metrics=lambda wc: [f"{d}/metrics.json" for d in runs_of(wc.method, wc.size)],
     output:
         f"{RESULTS}/eval/{{method}}/{{size}}.json",
     params:
         python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=EVAL_PARAMS,
         runs=lambda wc: " ".join(runs_of(wc.method, wc.size)),
         data=lambda wc, input: str(Path(input.data).parent),
@@ -70,7 +70,7 @@ rule evaluate:
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}.log",
     shell:
-        "{params.python} -m stabench eval {input.benchmark} --best --runs {params.runs} --data {params.data}"
+        "{params.python} -m stabench eval {params.benchmark} --best --runs {params.runs} --data {params.data}"
         " --tasks-dir {params.tasks_dir} --out {output} --threads {threads} {params.gpu} --no-progress > {log} 2>&1"
 
 
@@ -79,12 +79,12 @@ rule eval_run:
     input:
         tasks=rules.build_eval_tasks.output.manifest,
         data=rules.prepare_data.output.manifest,
-        benchmark=BENCHMARK_FILE,
         metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
     output:
         f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/eval.json",
     params:
         python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=EVAL_PARAMS,
         run=lambda wc, input: str(Path(input.metrics).parent),
         data=lambda wc, input: str(Path(input.data).parent),
@@ -103,5 +103,5 @@ rule eval_run:
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
     shell:
-        "{params.python} -m stabench eval {input.benchmark} --runs {params.run} --data {params.data}"
+        "{params.python} -m stabench eval {params.benchmark} --runs {params.run} --data {params.data}"
         " --tasks-dir {params.tasks_dir} --out {output} --threads {threads} {params.gpu} --no-progress > {log} 2>&1"

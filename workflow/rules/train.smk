@@ -9,13 +9,13 @@ if not PACK:
         crash fails only this job, and its log is kept."""
         input:
             manifest=rules.prepare_data.output.manifest,
-            benchmark=BENCHMARK_FILE,
         output:
             metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
             history=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/history.csv",
             losses=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/losses.csv",
         params:
             python=PYTHON,
+            benchmark=BENCHMARK_ARG,
             identity=lambda wc: run_identity(wc.method, wc.size, wc.lr, wc.seed),
             out=lambda wc, output: str(Path(output.metrics).parent),
             data=lambda wc, input: str(Path(input.manifest).parent),
@@ -34,7 +34,7 @@ if not PACK:
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
         shell:
-            "{params.python} -m stabench train {input.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
+            "{params.python} -m stabench train {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
             " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {params.data}"
             " --threads {threads} {params.gpu} > {log} 2>&1"
 
@@ -49,13 +49,13 @@ if PACK:
         (stabench/loop.py); a method that declares itself unpackable trains them one at a time."""
         input:
             manifest=rules.prepare_data.output.manifest,
-            benchmark=BENCHMARK_FILE,
         output:
             metrics=run_files("{method}", "{size}", "metrics.json"),
             history=run_files("{method}", "{size}", "history.csv"),
             losses=run_files("{method}", "{size}", "losses.csv"),
         params:
             python=PYTHON,
+            benchmark=BENCHMARK_ARG,
             identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr in LRS for seed in SEEDS],
             members=pack_members,
             data=lambda wc, input: str(Path(input.manifest).parent),
@@ -74,5 +74,5 @@ if PACK:
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/pack.log",
         shell:
-            "{params.python} -m stabench train-pack {input.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
+            "{params.python} -m stabench train-pack {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
             " {params.members} --data {params.data} --threads {threads} {params.gpu} > {log} 2>&1"
