@@ -149,3 +149,18 @@ def crash_at_step(step: int):
             yield
     finally:
         loop.run_probes = real
+
+
+def per_param(optimizer, attr: str) -> dict[str, float]:
+    """name -> the value of a per-element option (``lr_mult``, ``weight_decay``, ``eps``) of an
+    Optimizer on that parameter (uniform over its elements), for member 0."""
+    option = getattr(optimizer, attr)
+    out = {}
+    for name in optimizer.ensemble.names:
+        if isinstance(option, float):
+            out[name] = option
+        else:
+            distinct = option[0, optimizer.ensemble.columns(name)].unique().tolist()
+            assert len(distinct) == 1, (attr, name)
+            out[name] = distinct[0]
+    return out

@@ -22,7 +22,7 @@ from stabench.runspec import resolve_run
 from stabench.schedule import learning_rates, tokens_before, warmup_cosine
 from stabench.update import AdamW, Optimizer
 
-from conftest import TINY_BENCHMARK, crash_at_step
+from conftest import TINY_BENCHMARK, crash_at_step, per_param
 
 PAPER_METHODS = ["wesar", "small_init", "everett_mup", "sp_per_layer_lr", "adam_atan2", "eps_width_scaled",
                  "seq_len_warmup", "depth_warmup"]
@@ -54,19 +54,6 @@ def build(config: dict, seed: int | None = None):
 def optimizer_of(model, config, stack, rule=None) -> Optimizer:
     options = param_options(model, config, stack)
     return Optimizer(Ensemble([model]), rule or AdamW(), [config], [options])
-
-
-def per_param(optimizer: Optimizer, attr: str) -> dict[str, float]:
-    option = getattr(optimizer, attr)
-    out = {}
-    for name in optimizer.ensemble.names:
-        if isinstance(option, float):
-            out[name] = option
-        else:
-            distinct = option[0, optimizer.ensemble.columns(name)].unique().tolist()
-            assert len(distinct) == 1, (attr, name)
-            out[name] = distinct[0]
-    return out
 
 
 def batch_of(config: dict, rows: int = 4, seed: int = 0) -> torch.Tensor:

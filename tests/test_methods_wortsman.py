@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from conftest import per_param
 from stabench.config import validate
 from stabench.ensemble import Ensemble, build_member
 from stabench.methods import MethodError, load_module, param_options
@@ -39,20 +40,6 @@ def setup(bench, use, args=None, size="tiny", lr=PEAK):
     options = param_options(model, run.config, stack)
     optimizer = Optimizer(Ensemble([model]), AdamW(), [run.config], [options])
     return run.config, optimizer.ensemble.model, stack, optimizer
-
-
-def per_param(optimizer: Optimizer, attr: str) -> dict[str, float]:
-    """name -> the value of a per-element option on that parameter (uniform over its elements)."""
-    option = getattr(optimizer, attr)
-    out = {}
-    for name in optimizer.ensemble.names:
-        if isinstance(option, float):
-            out[name] = option
-        else:
-            distinct = option[0, optimizer.ensemble.columns(name)].unique().tolist()
-            assert len(distinct) == 1, (attr, name)
-            out[name] = distinct[0]
-    return out
 
 
 def lr_mults(optimizer) -> dict[str, float]:
