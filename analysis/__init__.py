@@ -1,21 +1,24 @@
-"""stabench analysis layer: runs -> LR sensitivity -> leaderboard -> figures -> HTML report.
+"""stabench analysis layer: runs -> scores with intervals -> ranks -> claims -> figures -> report.
 
-Everything here is a pure function over pandas DataFrames (plus thin file I/O at the
-edges), so the Snakemake rules stay one-liners (`python -m analysis <subcommand>`, see
-`analysis/cli.py`) and the scoring can be unit-tested on hand-computed numbers.
+Everything here is a pure function over pandas DataFrames (plus thin file I/O at the edges),
+so the Snakemake rules stay one-liners (`python -m analysis <subcommand>`, analysis/cli.py)
+and every number can be unit-tested on hand-built tables. One module, one job:
 
-Public API (import the submodules; figures pull in matplotlib, so they are not
-imported here):
-    runs.collect_runs, runs.load_history, runs.with_effective_loss
-    sensitivity.score
-    leaderboard.leaderboard
-    figures.loss_vs_lr, figures.sensitivity_vs_size, figures.attn_logit_vs_lr,
-    figures.loss_curves, figures.log_z_curves, figures.method_palette, figures.save_png
-    report.build_report, report.choose_curve_runs
+    settings        l0, reference method, margins, bootstrap settings of a benchmark
+    runs            metrics.json -> runs table; the effective loss
+    run_stats       per-run numbers from history.csv (log Z drift, early logit, probe peaks)
+    probe_families  the probe families the runs declare
+    bootstrap       the shared, paired bootstrap over seeds
+    statistics      LR sensitivity, best loss, best LR, ... on LR cells
+    sensitivity     scores.csv: scores per (method, size) with intervals and ranks
+    ranking         shared ranks and the never-learned rule
+    leaderboard     leaderboard.csv
+    claim_stats     the statistics claims are tested on; claim_checks: the four tests and
+                    their verdicts; claims: claim files -> verdicts -> claims.csv
+    predict         instability prediction (attention logits, gradient RMS vs eps)
+    figures, diagnostics, plots   seaborn figures and the `figures` step
+    catalog         figure and table names; report: the Jinja2 report
+
+The analysis names no method: methods are named by the claim files (claims/) and the
+benchmark's ``reference``.
 """
-
-from analysis.leaderboard import leaderboard
-from analysis.runs import collect_runs, load_history, with_effective_loss
-from analysis.sensitivity import score
-
-__all__ = ["collect_runs", "load_history", "with_effective_loss", "score", "leaderboard"]

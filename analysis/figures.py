@@ -1,16 +1,19 @@
-"""Figures for the report (matplotlib Agg + seaborn theme; every function returns a Figure).
+"""The report's result figures, drawn with seaborn's own faceting (relplot / FacetGrid).
 
-Conventions shared by all figures, so they read as one set:
-- one colour per method from method_palette(all methods), passed to every figure, so a
-  method has the same colour everywhere (default: palette of the methods in the data);
-- methods that change what "LR" means are drawn dashed and labelled "(rescales LR)";
-- losses are cross-entropy in nats per token; LRs are peak LRs on a log axis;
-- diverged runs are drawn as an x at the init loss l0, the value the metric gives them.
+Conventions shared by every figure, so they read as one set:
+- a panel per model size (smallest first), a line per method, one colour per method from
+  ``method_palette`` everywhere; methods that change what "LR" means are dashed;
+- bands and error bars are intervals over seeds at the benchmark's confidence (95 % by
+  default): seaborn's bootstrap of the seed mean for curves (seeded with the benchmark's
+  bootstrap settings), the shared paired bootstrap of analysis/bootstrap.py for scores (read
+  from scores.csv);
+- losses are effective losses (nats/token) clipped at the benchmark's one l0, drawn dashed.
+Every function returns a matplotlib Figure (an empty one that says why when there is nothing
+to draw), saved by ``save_png``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -23,10 +26,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from stabench.io import atomic_path  # noqa: E402
-from analysis.runs import with_effective_loss  # noqa: E402
 
-ATTN_LOGIT_DANGER = 1e4  # Wortsman et al.: attention-logit growth precedes divergence past ~1e4
 LOSS_UNIT = "nats/token"
+HEIGHT, ASPECT = 3.4, 1.15  # one facet, inches
 
 sns.set_theme(style="whitegrid", context="notebook")
 
@@ -48,234 +50,136 @@ def save_png(fig: plt.Figure, path: Path | str, dpi: int = 110) -> Path:
         plt.close(fig)
 
 
-def _empty_figure(title: str, message: str) -> plt.Figure:
-    fig, ax = plt.subplots(figsize=(6, 3))
+def empty_figure(title: str, message: str) -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(6, 2.2))
     ax.set_axis_off()
     ax.set_title(title)
-    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True)
     return fig
 
 
-def _sizes(runs: pd.DataFrame, size_order: list[str] | None) -> list[str]:
-    """size_order filtered to sizes present, then any other sizes by parameter count."""
-    present = list(dict.fromkeys(runs["size"].astype(str)))
-    order = [s for s in (size_order or []) if s in present]
-    rest = [s for s in present if s not in order]
-    if "n_params" in runs:
-        p = runs.groupby("size")["n_params"].median()
-        rest.sort(key=lambda s: (p.get(s, math.inf), s))
-    else:
-        rest.sort()
-    return order + rest
+def dashes(runs: pd.DataFrame) -> dict[str, tuple | str]:
+    """Method -> line style: dashed for methods that change what LR means."""
+    flagged = set(runs.loc[runs["changes_lr_meaning"].astype(bool), "method"]) if "changes_lr_meaning" in runs else set()
+    return {m: (4, 2) if m in flagged else "" for m in sorted(set(runs["method"]))}
 
 
-def _flagged(df: pd.DataFrame) -> set[str]:
-    if "changes_lr_meaning" not in df:
-        return set()
-    return set(df.loc[df["changes_lr_meaning"].astype(bool), "method"].astype(str))
+def seed_band(resamples: int, seed: int, confidence: float) -> dict:
+    """seaborn's interval arguments: the bootstrap CI of the seed mean at the benchmark's
+    confidence, with its resample count and seed."""
+    return {"errorbar": ("ci", 100 * confidence), "n_boot": resamples, "seed": seed}
 
 
-def _label(method: str, flagged: set[str]) -> str:
-    return f"{method} (rescales LR)" if method in flagged else method
+def human(n: float) -> str:
+    """A parameter count in a few characters: 11.3k, 41.1M, 1.2B."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
 
 
-def _panel_title(size: str, runs: pd.DataFrame) -> str:
-    if "n_params" in runs:
-        p = runs.loc[runs["size"] == size, "n_params"].median()
-        if np.isfinite(p):
-            return f"{size} ({p / 1e6:.3g}M params)"
-    return size
+def _size_titles(grid: sns.FacetGrid, params: Mapping[str, float]) -> None:
+    for key, ax in grid.axes_dict.items():
+        size = key[-1] if isinstance(key, tuple) else key
+        n = params.get(size, np.nan)
+        ax.set_title(f"{size} ({human(n)} non-embedding params)" if np.isfinite(n) else str(size))
 
 
-def _figure_legend(fig: plt.Figure, axes) -> None:
-    handles, labels = {}, []
-    for ax in np.ravel(axes):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
-            if lab not in handles:
-                handles[lab] = h
-                labels.append(lab)
-    if handles:
-        fig.legend([handles[lab] for lab in labels], labels, loc="center left",
-                   bbox_to_anchor=(1.0, 0.5), frameon=False)
-
-
-def _panels(n: int, width: float = 4.6, height: float = 4.0):
-    fig, axes = plt.subplots(1, n, figsize=(width * n, height), squeeze=False)
-    return fig, axes[0]
-
-
-def loss_vs_lr(runs: pd.DataFrame, size_order: list[str] | None = None,
-               palette: Mapping[str, tuple] | None = None) -> plt.Figure:
-    """Final validation loss vs peak LR, a line per method, a panel per size (the
-    Figure-1 view of Wortsman et al.). Lines follow the seed-averaged effective loss (the
-    number the LR-sensitivity metric uses); diverged runs are an x at l0; the dashed line
-    is the init loss l0."""
-    title = "Final validation loss vs peak learning rate"
+def loss_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: Mapping[str, float],
+               l0: float, band: dict) -> plt.Figure:
+    """Effective final loss against peak LR, a panel per size, a line per method, a band
+    over seeds; an x at l0 marks each diverged run, the dashed line is l0."""
     if runs.empty:
-        return _empty_figure(title, "no runs")
-    df = with_effective_loss(runs)
-    palette = dict(palette or method_palette(df["method"]))
-    flagged = _flagged(df)
-    sizes = _sizes(df, size_order)
-    fig, axes = _panels(len(sizes))
-    for ax, size in zip(axes, sizes):
-        d = df[df["size"] == size]
-        l0 = float(d["init_loss"].mean())
-        for method, m in d.groupby("method", sort=True):
-            color = palette.get(method, "0.3")
-            ls = "--" if method in flagged else "-"
-            cells = m.groupby("lr").agg(loss=("effective_loss", "mean"),
-                                        all_div=("diverged", "all")).reset_index()
-            ax.plot(cells["lr"], cells["loss"], ls, color=color, label=_label(method, flagged))
-            ok = cells[~cells["all_div"]]
-            ax.plot(ok["lr"], ok["loss"], "o", color=color, ms=5)
-            div = m[m["diverged"] | ~np.isfinite(m["final_val_loss"])]
-            if len(div):
-                ax.plot(div["lr"], div["init_loss"], "x", color=color, ms=9, mew=2)
-        if np.isfinite(l0):
-            ax.axhline(l0, color="0.35", ls="--", lw=1, label="init loss l0 (diverged runs: x)")
-            finite = d["effective_loss"][np.isfinite(d["effective_loss"])]
-            lo = float(finite.min()) if len(finite) else l0 * 0.5
-            pad = 0.05 * max(l0 - lo, 0.1)
-            ax.set_ylim(lo - pad, l0 + 2 * pad)
-        ax.set_xscale("log")
-        ax.set_title(_panel_title(size, df))
-        ax.set_xlabel("peak learning rate (log scale)")
-        ax.set_ylabel(f"final validation loss ({LOSS_UNIT})")
-    fig.suptitle(title + " (lower is better; a flat curve means low LR sensitivity)")
-    _figure_legend(fig, axes)
-    fig.tight_layout()
-    return fig
+        return empty_figure("Final validation loss vs peak LR", "no runs")
+    df = runs.assign(size=pd.Categorical(runs["size"], sizes))
+    g = sns.relplot(data=df, x="lr", y="effective_loss", hue="method", style="method", col="size",
+                    col_order=sizes, kind="line", marker="o", palette=dict(palette), dashes=dashes(df),
+                    height=HEIGHT, aspect=ASPECT, facet_kws={"sharey": True}, **band)
+    div = df[df["diverged"].astype(bool)]
+    for size, ax in g.axes_dict.items():
+        d = div[div["size"] == size]
+        ax.scatter(d["lr"], np.full(len(d), l0), marker="x", s=50, c=[palette.get(m, "0.3") for m in d["method"]])
+    g.refline(y=l0, color="0.35", ls="--", lw=1)
+    g.set(xscale="log")
+    g.set_axis_labels("peak learning rate", f"final validation loss ({LOSS_UNIT})")
+    _size_titles(g, params)
+    return g.figure
 
 
-def sensitivity_vs_size(scores: pd.DataFrame, size_order: list[str],
-                        n_params: Mapping[str, float] | None = None,
-                        palette: Mapping[str, tuple] | None = None) -> plt.Figure:
-    """LR sensitivity vs model size, a line per method. x is the parameter count on a log
-    axis when n_params (size -> count) covers every size, else the sizes in order."""
-    title = "LR sensitivity vs model size (lower is better)"
-    if scores.empty:
-        return _empty_figure(title, "no scores")
-    sizes = [s for s in size_order if s in set(scores["size"])] or sorted(scores["size"].unique())
-    n_params = dict(n_params or {})
-    use_params = all(np.isfinite(float(n_params.get(s, np.nan))) for s in sizes)
-    xpos = {s: float(n_params[s]) if use_params else i for i, s in enumerate(sizes)}
-    palette = dict(palette or method_palette(scores["method"]))
-    flagged = _flagged(scores)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, m in scores[scores["size"].isin(sizes)].groupby("method", sort=True):
-        m = m.assign(x=m["size"].map(xpos)).sort_values("x")
-        ax.plot(m["x"], m["lr_sensitivity"], "--" if method in flagged else "-", marker="o",
-                color=palette.get(method, "0.3"), label=_label(method, flagged))
-    ticks = [xpos[s] for s in sizes]
-    if use_params:
-        ax.set_xscale("log")
-        ax.set_xticks(ticks, [f"{s}\n{n_params[s] / 1e6:.3g}M" for s in sizes])
-        ax.minorticks_off()
-        ax.set_xlabel("model size (parameters, log scale)")
-    else:
-        ax.set_xticks(ticks, sizes)
-        ax.set_xlabel("model size")
-    ax.set_ylabel(f"LR sensitivity ({LOSS_UNIT})")
-    ax.set_title(title)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
-
-
-def attn_logit_vs_lr(runs: pd.DataFrame, size_order: list[str] | None = None,
-                     palette: Mapping[str, tuple] | None = None) -> plt.Figure:
-    """Final max attention logit (max over layers) vs peak LR, log-log, a panel per size.
-    Attention-logit growth is the instability qk-layernorm targets; the dotted line is the
-    ~1e4 level past which Wortsman et al. see divergence. Diverged runs are an x."""
-    title = "Max attention logit at the end of training vs peak learning rate"
-    if runs.empty or "max_attn_logit" not in runs:
-        return _empty_figure(title, "no attention-logit probe recorded")
-    df = with_effective_loss(runs)
-    df = df[np.isfinite(df["max_attn_logit"]) & (df["max_attn_logit"] > 0)]
+def attn_logit_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: Mapping[str, float],
+                     band: dict, danger: float) -> plt.Figure:
+    """Max attention logit at the end of training against peak LR, log-log, a panel per size."""
+    df = runs[np.isfinite(runs["max_attn_logit"]) & (runs["max_attn_logit"] > 0)] if "max_attn_logit" in runs else runs.iloc[0:0]
     if df.empty:
-        return _empty_figure(title, "no finite attention logits recorded")
-    palette = dict(palette or method_palette(runs["method"]))
-    flagged = _flagged(df)
-    sizes = _sizes(df, size_order)
-    fig, axes = _panels(len(sizes))
-    for ax, size in zip(axes, sizes):
-        d = df[df["size"] == size]
-        for method, m in d.groupby("method", sort=True):
-            color = palette.get(method, "0.3")
-            cells = m.groupby("lr")["max_attn_logit"].mean().reset_index()
-            ax.plot(cells["lr"], cells["max_attn_logit"], "--" if method in flagged else "-",
-                    marker="o", ms=4, color=color, label=_label(method, flagged))
-            div = m[m["diverged"]]
-            if len(div):
-                ax.plot(div["lr"], div["max_attn_logit"], "x", color=color, ms=9, mew=2)
-        ax.axhline(ATTN_LOGIT_DANGER, color="0.35", ls=":", lw=1.2,
-                   label="~1e4: divergence level (Wortsman et al.)")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_title(_panel_title(size, df))
-        ax.set_xlabel("peak learning rate (log scale)")
-        ax.set_ylabel("max attention logit (log scale)")
-    fig.suptitle(title + " (x = diverged run)")
-    _figure_legend(fig, axes)
-    fig.tight_layout()
-    return fig
+        return empty_figure("Max attention logit vs peak LR", "no attention-logit probe recorded")
+    df = df.assign(size=pd.Categorical(df["size"], sizes))
+    g = sns.relplot(data=df, x="lr", y="max_attn_logit", hue="method", style="method", col="size",
+                    col_order=[s for s in sizes if s in set(df["size"])], kind="line", marker="o",
+                    palette=dict(palette), dashes=dashes(df), height=HEIGHT, aspect=ASPECT, **band)
+    g.refline(y=danger, color="0.35", ls=":", lw=1.2)
+    g.set(xscale="log", yscale="log")
+    g.set_axis_labels("peak learning rate", "max attention logit")
+    _size_titles(g, params)
+    return g.figure
 
 
-def _curves(histories: Mapping[str, pd.DataFrame], column: str, methods: Mapping[str, str] | None,
-            palette: Mapping[str, tuple] | None, title: str, ylabel: str,
-            val_points: bool, clip_to_start: bool) -> plt.Figure:
-    usable = {k: h for k, h in histories.items() if column in h and h[column].notna().any()}
-    if not usable:
-        return _empty_figure(title, f"no '{column}' recorded in the chosen runs")
-    methods = dict(methods or {k: k for k in usable})
-    palette = dict(palette or method_palette(methods.get(k, k) for k in usable))
-    styles = ["-", "--", ":", "-."]
-    seen: dict[str, int] = {}
-    fig, ax = plt.subplots(figsize=(10, 5))
-    starts, lows = [], []
-    for label, h in usable.items():
-        method = methods.get(label, label)
-        n = seen[method] = seen.get(method, -1) + 1
-        color = palette.get(method, "0.3")
-        y = pd.to_numeric(h[column], errors="coerce")
-        ok = np.isfinite(y)
-        ax.plot(h["step"][ok], y[ok], styles[n % len(styles)], color=color, lw=1.3, label=label)
-        if ok.any():
-            starts.append(float(y[ok].iloc[0]))
-            lows.append(float(y[ok].min()))
-        if val_points and "val_loss" in h:
-            v = h[np.isfinite(pd.to_numeric(h["val_loss"], errors="coerce"))]
-            if len(v):
-                ax.plot(v["step"], v["val_loss"], "o", color=color, ms=5, mec="white")
-                lows.append(float(v["val_loss"].min()))
-    if clip_to_start and starts:
-        # A diverging run shoots off to huge losses; keep the interesting range visible.
-        top, bottom = max(starts), min(lows)
-        pad = 0.05 * max(top - bottom, 0.1)
-        ax.set_ylim(bottom - pad, top + 3 * pad)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    fig.tight_layout()
-    return fig
+STAT_TITLES = {"lr_sensitivity": f"LR sensitivity ({LOSS_UNIT})", "best_loss": f"best loss ({LOSS_UNIT})",
+               "best_lr": "best peak LR"}
 
 
-def loss_curves(histories: Mapping[str, pd.DataFrame], methods: Mapping[str, str] | None = None,
-                palette: Mapping[str, tuple] | None = None) -> plt.Figure:
-    """Train loss vs step (lines) with validation loss at eval steps (dots), one line per
-    chosen run. histories: label -> history DataFrame; methods: label -> method, to colour
-    runs by method (a method's 2nd run is dashed)."""
-    return _curves(histories, "loss", methods, palette,
-                   "Training loss vs step (dots: validation loss)",
-                   f"loss ({LOSS_UNIT})", val_points=True, clip_to_start=True)
+def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, float]) -> plt.Figure:
+    """LR sensitivity, best loss and best LR against non-embedding parameters, a line per method
+    with the bootstrap interval of scores.csv as error bars."""
+    if scores.empty or not params:
+        return empty_figure("Scores vs model size", "no scores")
+    rows = []
+    for stat in STAT_TITLES:
+        rows.append(scores.assign(statistic=STAT_TITLES[stat], value=scores[stat], lo=scores[f"{stat}_lo"],
+                                  hi=scores[f"{stat}_hi"], params=scores["size"].map(params)))
+    long = pd.concat(rows, ignore_index=True).dropna(subset=["params"])
+    g = sns.FacetGrid(long, col="statistic", col_order=list(STAT_TITLES.values()), hue="method",
+                      hue_order=sorted(set(long["method"])), palette=dict(palette), sharey=False,
+                      height=HEIGHT, aspect=ASPECT)
+
+    def with_interval(data, color=None, label=None, **_):
+        d = data.sort_values("params")
+        err = np.vstack([d["value"] - d["lo"], d["hi"] - d["value"]])
+        plt.errorbar(d["params"], d["value"], yerr=None if np.isnan(err).all() else np.abs(err),
+                     color=color, label=label, marker="o", capsize=3, lw=1.5)
+
+    g.map_dataframe(with_interval)
+    g.set(xscale="log")
+    ticks = sorted((n, s) for s, n in params.items() if s in set(scores["size"]))
+    for ax in g.axes.flat:
+        ax.set_xticks([n for n, _ in ticks], [f"{s}\n{human(n)}" for n, s in ticks])
+        ax.minorticks_off()
+    g.axes_dict[STAT_TITLES["best_lr"]].set_yscale("log")
+    g.set_titles("{col_name}")
+    g.set_axis_labels("non-embedding parameters", "")
+    g.add_legend()
+    return g.figure
 
 
-def log_z_curves(histories: Mapping[str, pd.DataFrame], methods: Mapping[str, str] | None = None,
-                 palette: Mapping[str, tuple] | None = None) -> plt.Figure:
-    """Mean log Z (logsumexp of the output logits) vs step for the chosen runs: its drift
-    away from 0 is the output-logit divergence that z-loss targets."""
-    return _curves(histories, "log_z_mean", methods, palette,
-                   "Mean log Z of the output logits vs step (output-logit divergence)",
-                   "mean log Z (nats)", val_points=False, clip_to_start=False)
+def training_curves(long: pd.DataFrame, column: str, ylabel: str, palette: Mapping, band: dict,
+                    clip: float | None = None) -> plt.Figure:
+    """A history column over steps: a row per size, a column per chosen LR ("best LR" and
+    "highest LR" of each method), a line per method with a band over seeds. Each panel has its
+    own y range, cut at ``clip`` (a diverging run's loss shoots off and would flatten the rest)."""
+    d = long.dropna(subset=[column]) if column in long else long.iloc[0:0]
+    if d.empty:
+        return empty_figure(ylabel, f"no '{column}' recorded in the chosen runs")
+    g = sns.relplot(data=d, x="step", y=column, hue="method", row="size", col="which", kind="line",
+                    palette=dict(palette), row_order=list(dict.fromkeys(d["size"])),
+                    col_order=[c for c in ("best LR", "highest LR") if c in set(d["which"])],
+                    height=HEIGHT * 0.85, aspect=ASPECT * 1.3, facet_kws={"sharey": False}, marker="o",
+                    markersize=3, markeredgewidth=0, **band)
+    if clip is not None:
+        for (size, which), ax in g.axes_dict.items():
+            v = d.loc[(d["size"] == size) & (d["which"] == which), column]
+            lo = float(v.min())
+            hi = float(v.max()) if lo >= clip else min(float(v.max()), clip)  # all above: show them
+            pad = 0.05 * max(hi - lo, 0.1)
+            ax.set_ylim(lo - pad, hi + pad)
+    g.set_titles("{row_name}, {col_name} of each method")
+    g.set_axis_labels("training step", ylabel)
+    return g.figure

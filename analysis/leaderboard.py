@@ -1,21 +1,17 @@
-"""Rank methods by LR sensitivity averaged over model sizes.
+"""Rank methods by LR sensitivity averaged over model sizes, with intervals and shared ranks.
 
-Ranking key, in order:
-1. methods scored at every size in size_order come first: a mean over fewer sizes is not
-   comparable (Wortsman et al. find sensitivity changes with scale), so incomplete methods
-   are ranked after all complete ones and marked complete=False, missing_sizes=...;
-   their lr_sensitivity is the mean over the sizes they do have, their missing
-   lr_sensitivity[<size>] cells are NaN;
-2. mean LR sensitivity over sizes, lower is better;
-3. best_loss at the largest size, lower is better (the tie-break METHODS.md asks for:
-   sensitivity alone ignores the absolute loss level);
-4. method name, so the order is deterministic.
+Ranking (analysis/ranking.py): methods that learned at every size and were scored at every
+size first, then incomplete ones (a mean over fewer sizes is not comparable: Wortsman et al.
+find sensitivity changes with scale), then methods that never learned at some size; within a
+group by mean LR sensitivity (lower is better), ties broken by best loss at the largest size,
+then by name; a method whose paired difference to the method above has an interval
+containing 0 shares its rank. The interval of the mean over sizes comes from the same
+bootstrap replicates as the per-size ones (analysis/bootstrap.py).
 
+Best loss and best LR are those of the largest size (the model the leaderboard is about).
 Zero-shot scores (stabench eval, when the benchmark evaluates) are not part of the ranking:
 they add one column per task metric, eval/<task>/<metric>, taken from the method's best-LR run
-at the largest size (the run best_loss and best_lr describe; seed-mean if several seeds were
-evaluated). The largest size, not a mean over sizes, because that is the model the leaderboard
-is about and a mean would mix models of different quality. NaN where that run was not
+at the largest size (seed-mean if several seeds were evaluated); NaN where that run was not
 evaluated (diverged grid, eval.runs: none, a skipped task).
 """
 
@@ -24,11 +20,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from analysis import statistics as st
+from analysis.ranking import GROUP_NAMES, INCOMPLETE, LEARNED, NEVER, competition_ranks, ordered
 from analysis.runs import as_text, eval_columns
+from analysis.sensitivity import STATS, Scored
+from analysis.settings import Settings
 
 
-def sens_col(size: str) -> str:
-    return f"lr_sensitivity[{size}]"
+def sens_col(size: str, suffix: str = "") -> str:
+    """Leaderboard column of one size's LR sensitivity (suffix '_lo' / '_hi': its interval)."""
+    return f"lr_sensitivity{suffix}[{size}]"
 
 
 def eval_at_best(runs: pd.DataFrame | None, board: pd.DataFrame, size: str) -> pd.DataFrame:
@@ -46,51 +47,69 @@ def eval_at_best(runs: pd.DataFrame | None, board: pd.DataFrame, size: str) -> p
     return out
 
 
-def leaderboard(scores: pd.DataFrame, size_order: list[str], runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """scores (from sensitivity.score) -> one ranked row per method.
+def leaderboard(scores: pd.DataFrame, scored: Scored, settings: Settings,
+                runs: pd.DataFrame | None = None) -> pd.DataFrame:
+    """scores (analysis/sensitivity.score) -> one ranked row per method; see the module doc.
 
-    Columns: rank, method, lr_sensitivity, best_loss, best_lr (both at the largest size,
-    the last of size_order), diverged, runs, lr_sensitivity[<size>] per size,
-    changes_lr_meaning, complete, missing_sizes, method_versions, and with runs (runs.csv)
-    holding eval/ columns, one eval/<task>/<metric> column per zero-shot score (see above).
-    Sizes in scores but not in size_order are ignored; an empty size_order means all
-    sizes in scores, sorted by name.
+    Columns: rank, rank_shared, method, status, the three scores with _lo/_hi, the paired
+    difference to the method ranked above (diff_above, _lo, _hi), diverged, runs, seeds,
+    lr_sensitivity[<size>] with its interval per size, changes_lr_meaning, complete,
+    missing_sizes, never_learned_sizes, l0, method_versions, and eval/<task>/<metric>.
     """
-    sizes = list(size_order) or sorted(scores["size"].unique())
-    per_size = [sens_col(s) for s in sizes]
-    columns = ["rank", "method", "lr_sensitivity", "best_loss", "best_lr", "diverged", "runs",
-               *per_size, "changes_lr_meaning", "complete", "missing_sizes", "method_versions"]
-    s = scores[scores["size"].isin(sizes)]
-    if s.empty:
+    grid = scored.grid
+    sizes = list(grid.sizes)
+    per_size = [sens_col(s, x) for s in sizes for x in ("", "_lo", "_hi")]
+    columns = ["rank", "rank_shared", "method", "status",
+               *[f"{s}{x}" for s in STATS for x in ("", "_lo", "_hi")],
+               "diff_above", "diff_above_lo", "diff_above_hi", "diverged", "runs", "seeds", *per_size,
+               "changes_lr_meaning", "complete", "missing_sizes", "never_learned_sizes", "l0", "method_versions"]
+    if scores.empty or not sizes:
         return pd.DataFrame(columns=columns)
-    wide = s.pivot(index="method", columns="size", values="lr_sensitivity").reindex(columns=sizes)
-    largest = s[s["size"] == sizes[-1]].set_index("method")
-    g = s.groupby("method")
-    versions = as_text(s["method_versions"]) if "method_versions" in s else pd.Series("", index=s.index)
-    out = pd.DataFrame({
-        "method": wide.index,
-        "lr_sensitivity": wide.mean(axis=1, skipna=True).to_numpy(),
-        "best_loss": largest["best_loss"].reindex(wide.index).to_numpy(dtype=float),
-        "best_lr": largest["best_lr"].reindex(wide.index).to_numpy(dtype=float),
-        "diverged": g["n_diverged"].sum().reindex(wide.index).astype(int).to_numpy(),
-        "runs": g["n_runs"].sum().reindex(wide.index).astype(int).to_numpy(),
-    })
-    for size in sizes:
-        out[sens_col(size)] = wide[size].to_numpy(dtype=float)
-    out["changes_lr_meaning"] = g["changes_lr_meaning"].any().reindex(wide.index).astype(bool).to_numpy()
-    out["complete"] = wide.notna().all(axis=1).to_numpy()
-    out["missing_sizes"] = [" ".join(sz for sz in sizes if pd.isna(wide.at[m, sz])) for m in wide.index]
-    out["method_versions"] = [
-        ";".join(sorted({v for part in versions[s["method"] == m] for v in part.split(";") if v}))
-        for m in wide.index
-    ]
-    # Round the key so float noise (1e-16) does not decide a tie the loss should decide.
-    out["_key"] = out["lr_sensitivity"].round(12)
-    out["_incomplete"] = ~out["complete"]
-    out = out.sort_values(["_incomplete", "_key", "best_loss", "method"],
-                          na_position="last", kind="stable")
-    out.insert(0, "rank", np.arange(1, len(out) + 1))
-    out = out.drop(columns=["_key", "_incomplete"]).reset_index(drop=True)[columns]
+    mean_point = st.mean_over_sizes(scored.point["lr_sensitivity"])           # [M]
+    mean_reps = st.mean_over_sizes(scored.reps["lr_sensitivity"])             # [B, M]
+    rows = []
+    for mi, method in enumerate(grid.methods):
+        s = scores[scores["method"] == method].set_index("size")
+        missing = [z for z in sizes if z not in s.index]
+        never = [z for z in sizes if z in s.index and bool(s.at[z, "never_learned"])]
+        group = NEVER if never else (INCOMPLETE if missing else LEARNED)
+        lo, hi = scored.interval(mean_reps[:, mi])
+        row = {"method": method, "group": group, "lr_sensitivity": float(mean_point[mi]),
+               "lr_sensitivity_lo": float(lo), "lr_sensitivity_hi": float(hi)}
+        largest = sizes[-1]
+        for stat in ("best_loss", "best_lr"):
+            for x in ("", "_lo", "_hi"):
+                row[stat + x] = float(s.at[largest, stat + x]) if largest in s.index else np.nan
+        for z in sizes:
+            for x in ("", "_lo", "_hi"):
+                row[sens_col(z, x)] = float(s.at[z, "lr_sensitivity" + x]) if z in s.index else np.nan
+        row.update({
+            "status": "; ".join(filter(None, [f"never learned at {', '.join(never)}" if never else "",
+                                              f"missing {', '.join(missing)}" if missing else ""])),
+            "diverged": int(s["n_diverged"].sum()), "runs": int(s["n_runs"].sum()),
+            "seeds": int(s["n_seeds"].max()) if len(s) else 0,
+            "changes_lr_meaning": bool(s["changes_lr_meaning"].astype(bool).any()),
+            "complete": not missing, "missing_sizes": " ".join(missing), "never_learned_sizes": " ".join(never),
+            "l0": settings.l0,
+            "method_versions": ";".join(sorted({v for part in as_text(s["method_versions"])
+                                                for v in part.split(";") if v})),
+            "_mi": mi})
+        rows.append(row)
+    keys = [(r["group"], round(r["lr_sensitivity"], 12), r["best_loss"], r["method"]) for r in rows]
+    rows = [rows[i] for i in ordered(keys)]
+
+    def diff(a: int, b: int) -> tuple[float, float]:
+        return scored.interval(mean_reps[:, rows[a]["_mi"]] - mean_reps[:, rows[b]["_mi"]])
+
+    ranks, shared = competition_ranks([r["group"] for r in rows], diff)
+    for i, r in enumerate(rows):
+        r["rank"], r["rank_shared"] = ranks[i], shared[i]
+        same = i > 0 and rows[i - 1]["group"] == r["group"] != NEVER
+        lo, hi = diff(i, i - 1) if same else (np.nan, np.nan)
+        r["diff_above"] = r["lr_sensitivity"] - rows[i - 1]["lr_sensitivity"] if same else np.nan
+        r["diff_above_lo"], r["diff_above_hi"] = float(lo), float(hi)
+        r["status"] = r["status"] or GROUP_NAMES[r["group"]]
+    out = pd.DataFrame(rows)[columns]
     evals = eval_at_best(runs, out, sizes[-1])
     for col in evals.columns:
         out[col] = evals[col].reindex(out["method"]).to_numpy(dtype=float)

@@ -2,10 +2,10 @@
 
 The training engine writes `results/<bench>/runs/<method>/<size>/lr<lr>-s<seed>/` with a
 `metrics.json` and a `history.csv`. This module flattens the metrics into a table
-(`runs.csv`) that every later step (scoring, figures, report) reads, and adds the
-`effective_loss` column that the LR-sensitivity metric is defined on (METHODS.md):
-a diverged run, or one whose final loss is not finite, counts as the loss at
-initialization l0, and any loss above l0 is clipped to l0.
+(`runs.csv`) that every later step (scoring, claims, figures, report) reads, and adds the
+`effective_loss` column that the LR-sensitivity metric is defined on (METHODS.md): one l0 per
+benchmark (analysis/settings.py), every loss clipped to it, a diverged run counted as it.
+Per-run numbers read from the histories are added by analysis/run_stats.py.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import math
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 RUN_COLUMNS = [
-    "method", "size", "lr", "seed",
-    "final_val_loss", "init_loss", "effective_loss",
+    "method", "uses", "size", "lr", "seed",
+    "final_val_loss", "init_loss", "l0", "effective_loss",
     "diverged", "diverged_at_step",
-    "steps", "tokens", "wall_seconds", "tokens_per_second",
-    "max_attn_logit", "final_log_z", "n_params",
+    "steps", "planned_steps", "tokens", "wall_seconds", "tokens_per_second",
+    "max_attn_logit", "final_log_z", "n_params", "n_params_non_embedding",
+    "vocab_size", "d_model", "n_layers", "eps", "loss_spikes",
     "changes_lr_meaning", "method_versions", "run_dir",
 ]
 
@@ -36,13 +36,14 @@ def _float(x) -> float:
         return math.nan
 
 
-def effective_loss(final_val_loss, init_loss, diverged) -> float:
+def effective_loss(final_val_loss, diverged, l0) -> float:
     """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md).
 
-    Without a recorded l0 we cannot clip: a healthy run keeps its loss and a diverged
-    one becomes NaN (it then drops out of the per-cell seed mean).
+    l0 is the benchmark's (analysis/settings.py), never the run's own init loss: init losses
+    differ by method, and a per-run l0 would charge methods with small init logits less for
+    every LR they diverge at. Without an l0 (NaN) a diverged run becomes NaN.
     """
-    final, l0 = _float(final_val_loss), _float(init_loss)
+    final, l0 = _float(final_val_loss), _float(l0)
     bad = bool(diverged) or not math.isfinite(final)
     if not math.isfinite(l0):
         return math.nan if bad else final
@@ -69,19 +70,17 @@ def as_text(values) -> pd.Series:
     return pd.Series(["" if pd.isna(x) else str(x) for x in s], index=s.index, dtype=str)
 
 
-def with_effective_loss(runs: pd.DataFrame) -> pd.DataFrame:
-    """Return a copy of runs with an `effective_loss` column (recomputed from
-    final_val_loss, init_loss and diverged) and clean dtypes for `diverged` and
-    `changes_lr_meaning` (missing -> False), so hand-built frames score like real ones."""
+def with_effective_loss(runs: pd.DataFrame, l0: float) -> pd.DataFrame:
+    """A copy of runs with columns l0 and effective_loss (from final_val_loss, diverged and the
+    benchmark's l0), and clean dtypes for diverged, changes_lr_meaning (missing -> False) and
+    uses (missing -> the method label), so hand-built frames score like real ones."""
     df = runs.copy()
     for col in ("diverged", "changes_lr_meaning"):
         df[col] = as_bool(df[col]) if col in df else False
-    if "init_loss" not in df:
-        df["init_loss"] = np.nan
-    df["effective_loss"] = [
-        effective_loss(f, l0, d)
-        for f, l0, d in zip(df["final_val_loss"], df["init_loss"], df["diverged"])
-    ]
+    df["uses"] = as_text(df["uses"]) if "uses" in df else df["method"].astype(str)
+    df["uses"] = df["uses"].where(df["uses"] != "", df["method"].astype(str))
+    df["l0"] = float(l0)
+    df["effective_loss"] = [effective_loss(f, d, l0) for f, d in zip(df["final_val_loss"], df["diverged"])]
     return df
 
 
@@ -99,10 +98,14 @@ def read_metrics(path: Path | str) -> dict:
 
 
 def run_row(metrics: dict, run_dir: Path | str) -> dict:
-    """Flatten one metrics.json into a runs-table row."""
+    """Flatten one metrics.json into a runs-table row (effective_loss and l0 come later)."""
     methods = metrics.get("methods") or []
-    row = {
+    config = metrics.get("config") or {}
+    model, optimizer, train = (config.get(k) or {} for k in ("model", "optimizer", "train"))
+    return {
         "method": str(metrics.get("method", "")),
+        # The shipped method names it is built from, for claims that name methods, not labels.
+        "uses": "+".join(str(m.get("name")) for m in methods) or str(metrics.get("method", "")),
         "size": str(metrics.get("size", "")),
         "lr": _float(metrics.get("lr")),
         "seed": int(metrics.get("seed") or 0),
@@ -111,24 +114,30 @@ def run_row(metrics: dict, run_dir: Path | str) -> dict:
         "diverged": bool(metrics.get("diverged", False)),
         "diverged_at_step": _float(metrics.get("diverged_at_step")),
         "steps": _float(metrics.get("steps")),
+        "planned_steps": _float(train.get("steps")),
         "tokens": _float(metrics.get("tokens")),
         "wall_seconds": _float(metrics.get("wall_seconds")),
         "tokens_per_second": _float(metrics.get("tokens_per_second")),
         "max_attn_logit": _float(metrics.get("max_attn_logit")),
         "final_log_z": _float(metrics.get("final_log_z")),
         "n_params": _float(metrics.get("n_params")),
+        "n_params_non_embedding": _float(metrics.get("n_params_non_embedding")),
+        "vocab_size": _float(model.get("vocab_size")),
+        "d_model": _float(model.get("d_model")),
+        "n_layers": _float(model.get("n_layers")),
+        "eps": _float(optimizer.get("eps")),
+        "loss_spikes": _float(metrics.get("loss_spikes")),
         # One method that rescales the LR makes the whole composite incomparable.
         "changes_lr_meaning": any(bool(m.get("changes_lr_meaning")) for m in methods),
-        # Which method versions produced this row (e.g. "qk_layernorm@1+z_loss@1").
+        # Which method versions produced this row (e.g. "a@1+b@2").
         "method_versions": "+".join(f"{m.get('name')}@{m.get('version')}" for m in methods),
         "run_dir": str(run_dir),
     }
-    row["effective_loss"] = effective_loss(row["final_val_loss"], row["init_loss"], row["diverged"])
-    return row
 
 
 def collect_runs(metric_paths: Iterable[Path | str]) -> pd.DataFrame:
-    """One row per run (columns RUN_COLUMNS), sorted by method, size, lr, seed.
+    """One row per run (columns RUN_COLUMNS; l0 and effective_loss NaN until
+    with_effective_loss), sorted by method, size, lr, seed.
 
     run_dir is the folder holding each metrics.json, where load_history finds the history.
     """
@@ -137,6 +146,27 @@ def collect_runs(metric_paths: Iterable[Path | str]) -> pd.DataFrame:
     if df.empty:
         return df
     return df.sort_values(["method", "size", "lr", "seed"], kind="stable").reset_index(drop=True)
+
+
+def size_order(runs: pd.DataFrame, sizes: Iterable[str] = ()) -> list[str]:
+    """Sizes smallest first: the given order (the benchmark's) for sizes present, then the rest
+    by parameter count."""
+    present = list(dict.fromkeys(runs["size"].astype(str))) if "size" in runs else []
+    order = [s for s in sizes if s in present]
+    rest = [s for s in present if s not in order]
+    p = runs.groupby("size")["n_params"].median() if "n_params" in runs else pd.Series(dtype=float)
+    rest.sort(key=lambda s: (p.get(s, math.inf), s))
+    return order + rest
+
+
+def size_params(runs: pd.DataFrame) -> dict[str, float]:
+    """size -> non-embedding parameter count (Wortsman et al.'s model size; all parameters when
+    the runs do not record it)."""
+    col = "n_params_non_embedding" if "n_params_non_embedding" in runs and \
+        runs["n_params_non_embedding"].notna().any() else "n_params"
+    if col not in runs or runs.empty:
+        return {}
+    return runs.groupby("size")[col].median().astype(float).to_dict()
 
 
 EVAL_PREFIX = "eval/"  # runs.csv column of a zero-shot score: eval/<task>/<metric>

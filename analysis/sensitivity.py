@@ -1,75 +1,98 @@
-"""LR sensitivity per (method, size), exactly as METHODS.md (Wortsman et al. 2023, s2.2):
+"""LR sensitivity, best loss and best LR per (method, size), with bootstrap intervals and ranks.
 
-    LR sensitivity(A) = mean over eta in the grid of  min(l(A, eta), l0) - l*
+Definitions are in analysis/statistics.py (Wortsman et al. 2023, section 2.2), on effective
+losses with the benchmark's one l0 (analysis/runs.py). Intervals come from the shared paired
+bootstrap over seeds (analysis/bootstrap.py); ranks per size from analysis/ranking.py.
 
-- l(A, eta): final validation loss; a diverged run counts as l0 (the loss at init).
-- l*: the lowest loss of A over the same grid, per method and model size.
-- With several seeds, effective losses are averaged over seeds per (method, size, lr)
-  first, so l* is the best seed-averaged cell and every LR weighs the same in the mean.
-
-Lower is better. The metric ignores the absolute loss level (a method that never learns
-scores 0), so best_loss is reported beside it; and it is not comparable for methods that
-change what "LR" means (changes_lr_meaning), which the report flags.
+Lower LR sensitivity is better. The metric ignores the absolute loss level (a method that
+never learns scores 0: it is marked never learned and ranked last), and it is not comparable
+for methods that change what "LR" means (changes_lr_meaning), which the report flags.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from analysis import statistics as st
+from analysis.bootstrap import Grid, Resamples, grid_of, original, resample
+from analysis.ranking import LEARNED, NEVER, competition_ranks, never_learned, ordered
 from analysis.runs import as_text, with_effective_loss
+from analysis.settings import Settings
 
+STATS = ("lr_sensitivity", "best_loss", "best_lr")
 SCORE_COLUMNS = [
-    "method", "size", "lr_sensitivity", "best_loss", "best_lr",
-    "n_lrs", "n_runs", "n_diverged", "changes_lr_meaning", "method_versions",
+    "method", "size", *[f"{s}{x}" for s in STATS for x in ("", "_lo", "_hi")],
+    "rank", "rank_shared", "never_learned", "l0",
+    "n_lrs", "n_runs", "n_seeds", "n_diverged", "changes_lr_meaning", "method_versions",
 ]
 
 
-def _score_group(cells: pd.DataFrame) -> dict:
-    """cells: one row per LR of one (method, size), seed-averaged, sorted by lr."""
-    loss = cells["loss"].to_numpy(dtype=float)
-    finite = np.isfinite(loss)
-    if not finite.any():
-        return {"lr_sensitivity": np.nan, "best_loss": np.nan, "best_lr": np.nan}
-    best = float(np.nanmin(loss))
-    i = int(np.nanargmin(loss))  # ties: smallest LR (cells are sorted by lr)
-    # If every LR diverged, l* = l0 and the score is 0: there is no "best LR" to report.
-    best_lr = np.nan if bool(cells["all_diverged"].all()) else float(cells["lr"].iloc[i])
-    return {
-        "lr_sensitivity": float(np.mean(loss[finite] - best)),
-        "best_loss": best,
-        "best_lr": best_lr,
-    }
+@dataclass(frozen=True)
+class Scored:
+    """Point estimates [method, size] and bootstrap replicates [B, method, size] per statistic."""
+    grid: Grid
+    point: dict[str, np.ndarray]
+    reps: dict[str, np.ndarray]
+    resamples: Resamples
+
+    def interval(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.resamples.interval(values)
 
 
-def score(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per (method, size): lr_sensitivity, best_loss (= l*), best_lr, grid size (n_lrs),
-    run counts, whether any of the method's components changes what LR means, and the
-    method versions that produced the runs. Needs columns method, size, lr,
-    final_val_loss, init_loss, diverged (effective_loss is recomputed from them)."""
+def grid_statistics(cells: np.ndarray, lrs, l0: float) -> dict[str, np.ndarray]:
+    """The three scores from effective-loss cells [..., LR]."""
+    return {"lr_sensitivity": st.lr_sensitivity(cells), "best_loss": st.best_loss(cells),
+            "best_lr": st.best_lr(cells, lrs, l0)}
+
+
+def score_grid(runs: pd.DataFrame, settings: Settings) -> Scored:
+    """Point estimates and replicates of the scores of every (method, size) of the runs."""
+    df = with_effective_loss(runs, settings.l0)
+    grid = grid_of(df, settings.sizes)
+    cube = grid.cube(df, "effective_loss")
+    boot = resample(grid, settings.resamples, settings.seed, settings.confidence)
+    point = {k: v[0] for k, v in grid_statistics(original(grid).cell_means(cube), grid.lrs, settings.l0).items()}
+    reps = grid_statistics(boot.cell_means(cube), grid.lrs, settings.l0)
+    return Scored(grid=grid, point=point, reps=reps, resamples=boot)
+
+
+def score(runs: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, Scored]:
+    """scores.csv (one row per method and size present, columns SCORE_COLUMNS) and the scores."""
     if runs.empty:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
-    df = with_effective_loss(runs)
-    if "method_versions" not in df:
-        df["method_versions"] = ""
-    df["method_versions"] = as_text(df["method_versions"])
-    cells = (
-        df.groupby(["method", "size", "lr"], sort=True)
-        .agg(loss=("effective_loss", "mean"), all_diverged=("diverged", "all"))
-        .reset_index()
-    )
+        grid = grid_of(runs, settings.sizes)
+        return pd.DataFrame(columns=SCORE_COLUMNS), Scored(grid, {}, {}, resample(grid, 0, settings.seed))
+    df = with_effective_loss(runs, settings.l0)
+    df["method_versions"] = as_text(df["method_versions"]) if "method_versions" in df else ""
+    scored = score_grid(df, settings)
+    grid = scored.grid
     rows = []
-    for (method, size), g in cells.groupby(["method", "size"], sort=True):
-        r = df[(df["method"] == method) & (df["size"] == size)]
-        versions = sorted({v for v in r["method_versions"] if v})
-        rows.append({
-            "method": method,
-            "size": size,
-            **_score_group(g.sort_values("lr")),
-            "n_lrs": int(len(g)),
-            "n_runs": int(len(r)),
-            "n_diverged": int(r["diverged"].sum()),
-            "changes_lr_meaning": bool(r["changes_lr_meaning"].any()),
-            "method_versions": ";".join(versions),
-        })
-    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
+    for si, size in enumerate(grid.sizes):
+        present = [mi for mi, m in enumerate(grid.methods) if ((df["method"] == m) & (df["size"] == size)).any()]
+        nl = never_learned(scored.point["best_loss"][present, si], settings.l0, settings.never_learned_margin)
+        groups = [NEVER if n else LEARNED for n in nl]
+        keys = [(g, round(float(scored.point["lr_sensitivity"][mi, si]), 12),
+                 float(scored.point["best_loss"][mi, si]), grid.methods[mi]) for g, mi in zip(groups, present)]
+        order = ordered(keys)
+        chain = [present[i] for i in order]
+        ranks, shared = competition_ranks(
+            [groups[i] for i in order],
+            lambda a, b: scored.interval(scored.reps["lr_sensitivity"][:, chain[a], si]
+                                         - scored.reps["lr_sensitivity"][:, chain[b], si]))
+        for pos, mi in enumerate(chain):
+            method = grid.methods[mi]
+            r = df[(df["method"] == method) & (df["size"] == size)]
+            row = {"method": method, "size": size}
+            for stat in STATS:
+                lo, hi = scored.interval(scored.reps[stat][:, mi, si])
+                row.update({stat: float(scored.point[stat][mi, si]), f"{stat}_lo": float(lo),
+                            f"{stat}_hi": float(hi)})
+            rows.append({**row, "rank": ranks[pos], "rank_shared": shared[pos],
+                         "never_learned": groups[order[pos]] == NEVER, "l0": settings.l0,
+                         "n_lrs": int(r["lr"].nunique()), "n_runs": int(len(r)),
+                         "n_seeds": int(r["seed"].nunique()), "n_diverged": int(r["diverged"].sum()),
+                         "changes_lr_meaning": bool(r["changes_lr_meaning"].any()),
+                         "method_versions": ";".join(sorted({v for v in r["method_versions"] if v}))})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS), scored

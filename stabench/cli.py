@@ -364,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     lifeline.follow_workflow()
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stderr.close()
+        return 0
     except USER_ERRORS as exc:
         print(f"stabench: error: {exc}", file=sys.stderr)
         return 2

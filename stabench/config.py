@@ -27,7 +27,11 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "schema.yaml"
+# The shipped benchmarks and schema travel with the package (stabench/shipped/ links to the
+# repository's benchmarks/ and methods/; a wheel holds copies), so an installed stabench works
+# from any folder; a ./benchmarks folder of the current directory is looked in first.
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
+SCHEMA_PATH = SHIPPED_DIR / "benchmarks" / "schema.yaml"
 BENCHMARKS_DIR = SCHEMA_PATH.parent
 SIZE_PLACEMENT_KEYS = ("gpus", "runtime_min", "mem_mb")
 RESULTS_ROOT = Path("results")  # relative to the folder the workflow or the CLI runs in
@@ -250,10 +254,12 @@ def resolve_benchmark_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    for candidate in (BENCHMARKS_DIR / f"{name_or_path}.yaml", BENCHMARKS_DIR / str(name_or_path)):
-        if candidate.is_file():
-            return candidate
-    known = sorted(p.stem for p in BENCHMARKS_DIR.glob("*.yaml") if p.stem != "schema")
+    folders = [Path.cwd() / "benchmarks", BENCHMARKS_DIR]
+    for folder in folders:
+        for candidate in (folder / f"{name_or_path}.yaml", folder / str(name_or_path)):
+            if candidate.is_file():
+                return candidate
+    known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if p.stem != "schema"})
     raise ConfigError(f"benchmark {str(name_or_path)!r} not found; known: {', '.join(known)}")
 
 

@@ -27,6 +27,7 @@ all-reduce, and every rank takes the same divergence decision. Packs are single-
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 import warnings
@@ -80,10 +81,11 @@ def resolve_device(config: dict) -> tuple[str, str]:
     return device, precision
 
 
-def make_accelerator(device: str, precision: str) -> Accelerator:
+def make_accelerator(device: str, precision: str, trackers: list[str] = (), project_dir: Path | None = None) -> Accelerator:
     # Accelerate keeps process-wide state; reset it so several ensembles in one process work.
     AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no")
+    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
+                       log_with=list(trackers) or None, project_dir=project_dir)
 
 
 def member_cross_entropy(member_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -137,8 +139,9 @@ def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, prog
     data = load_data(data_dir)
     check_data(data.manifest, runs[0].config, data_dir)
     stack = runs[0].stack
-    with run_locks(out_dirs):
-        members = [Member.open(run, out, data.vocab_size) for run, out in zip(runs, out_dirs)]
+    main_process = int(os.environ.get("RANK", "0")) == 0  # several processes: rank 0 owns the folders
+    with run_locks(out_dirs if main_process else []):
+        members = [Member.open(run, out, data.vocab_size, write=main_process) for run, out in zip(runs, out_dirs)]
         waiting = [m for m in members if not m.finished]
         alone = not pack or stack.unpackable_reason() or runs[0].config["train"]["world_size"] > 1
         groups: dict[int, list[Member]] = defaultdict(list)
@@ -157,7 +160,13 @@ class EnsembleRun:
         self.config = members[0].config
         self.train_cfg = self.config["train"]
         self.device_kind, self.precision = resolve_device(self.config)
-        self.accelerator = make_accelerator(self.device_kind, self.precision)
+        trackers = self.train_cfg["trackers"]
+        self.accelerator = make_accelerator(self.device_kind, self.precision, trackers, members[0].out_dir.parent)
+        if trackers:  # one tracker run per ensemble; each run's values under its own label
+            self.accelerator.init_trackers("tracking", config={
+                "method": self.config["method"], "size": self.config["size"],
+                "lrs": " ".join(f"{m.config['lr']:g}" for m in members),
+                "seeds": " ".join(str(m.config["seed"]) for m in members)})
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         if self.world != self.train_cfg["world_size"]:
             raise ConfigError(f"the run was resolved for {self.train_cfg['world_size']} processes but "
@@ -180,9 +189,8 @@ class EnsembleRun:
             self.optimizer.load_member_states([m.state["optimizer"] for m in members])
             set_rng_state(members[0].state["rng"])
         self.tokens_at = tokens_before(self.config, stack)
-        rows = [learning_rates(m.config, stack, self.tokens_at) for m in members]
-        self.lr_host = [list(r) for r in zip(*rows)]  # [step][member]
-        self.lr_table = torch.tensor(self.lr_host, dtype=torch.float32, device=self.device)
+        columns = [learning_rates(m.config, stack, self.tokens_at) for m in members]
+        self.lr_table = torch.tensor(columns, dtype=torch.float32).T.contiguous().to(self.device)  # (steps + 1, K)
         self.probes = all_probes(stack.probes())
         self.owner: dict[str, str] = {}
         self.windows = torch.from_numpy(val_windows(data.val, self.train_cfg["eval_windows"],
@@ -370,6 +378,8 @@ class EnsembleRun:
         if self.members:
             finals = [m.final for m in self.members]
             self.finish(list(range(len(self.members))), finals if None not in finals else self.evaluate())
+        if self.train_cfg["trackers"]:
+            self.accelerator.end_training()
 
     def probe(self, ctx: Context) -> None:
         tr = self.train_cfg
@@ -394,6 +404,9 @@ class EnsembleRun:
             if k in diverged:
                 m.diverged_at = ctx.step
         self.progress.probe(ctx.step, [r["loss"] for r in rows])
+        if self.train_cfg["trackers"]:
+            self.accelerator.log({f"{m.out_dir.name}/{k}": v for m, row in zip(self.members, rows)
+                                  for k, v in row.items() if k != "step"}, step=ctx.step)
         if diverged:
             results = self.evaluate()
             self.finish(diverged, [results[k] for k in diverged])

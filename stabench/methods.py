@@ -21,7 +21,7 @@ from typing import Any, Callable
 from .contract import (EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Probe, arg_problem, as_probe, declaration_problem,
                        signature_problem)
 
-SHIPPED_DIR = Path(__file__).resolve().parent.parent / "methods"
+SHIPPED_DIR = Path(__file__).resolve().parent / "shipped" / "methods"  # travels with the package
 METHODS_PATH_VARIABLE = "STABENCH_METHODS_PATH"
 
 

@@ -75,8 +75,9 @@ class Member:
     session_seconds: float = 0.0  # train_seconds when this session started (for tokens/s)
 
     @classmethod
-    def open(cls, run: ResolvedRun, out_dir: Path, vocab_size: int) -> "Member":
-        """A member for ``run`` in ``out_dir``: finished (metrics set), resuming, or new."""
+    def open(cls, run: ResolvedRun, out_dir: Path, vocab_size: int, write: bool = True) -> "Member":
+        """A member for ``run`` in ``out_dir``: finished (metrics set), resuming, or new.
+        ``write=False`` (a process other than the main one) never writes the folder."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = read_checkpoint(out_dir)
@@ -88,7 +89,8 @@ class Member:
         if state.get("finished"):
             member.metrics = state["metrics"]
             member.history, member.losses = state["history"], [tuple(x) for x in state["losses"]]
-            member.write_files()  # already computed: never lose it
+            if write:
+                member.write_files()  # already computed: never lose it
             return member
         member.state = state
         member.history, member.losses = state["history"], [tuple(x) for x in state["losses"]]

@@ -21,7 +21,7 @@ from .methods import MethodError, MethodStack, load_stack
 
 # Settings that change where or how often a run is stored, not what it computes; and the
 # names under which it is stored (the same run may be stored under another label).
-NOT_IDENTITY = {"benchmark", "method", "train.checkpoint_every", "train.device"}
+NOT_IDENTITY = {"benchmark", "method", "train.checkpoint_every", "train.device", "train.trackers"}
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,13 @@ def train_pack(engine_bench):
     return run
 
 
+def pytest_configure(config):
+    # Parameters of a pack are strided views of one (K, N) tensor; torch reports that their
+    # gradients "do not obey the gradient layout contract" (a possible slowdown, not an error).
+    # stabench.loop silences it at import, which pytest's per-test warning capture undoes.
+    config.addinivalue_line("filterwarnings", "ignore:grad and param do not obey the gradient layout contract")
+
+
 # Bitwise comparisons of losses need a fixed intra-op thread count; tiny models run fastest
 # on one thread anyway, so the whole suite uses one.
 torch.set_num_threads(1)
@@ -142,3 +149,18 @@ def crash_at_step(step: int):
             yield
     finally:
         loop.run_probes = real
+
+
+def per_param(optimizer, attr: str) -> dict[str, float]:
+    """name -> the value of a per-element option (``lr_mult``, ``weight_decay``, ``eps``) of an
+    Optimizer on that parameter (uniform over its elements), for member 0."""
+    option = getattr(optimizer, attr)
+    out = {}
+    for name in optimizer.ensemble.names:
+        if isinstance(option, float):
+            out[name] = option
+        else:
+            distinct = option[0, optimizer.ensemble.columns(name)].unique().tolist()
+            assert len(distinct) == 1, (attr, name)
+            out[name] = distinct[0]
+    return out

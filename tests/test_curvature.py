@@ -1,123 +1,119 @@
-"""The preconditioned curvature probe (stabench.curvature, Ramasinghe et al.): power iteration
-against a dense eigendecomposition on a tiny GPT, the warm start, the probe's gating, and a
-training run that records it."""
+"""The preconditioned curvature probe (stabench.curvature, Ramasinghe et al.) against a dense
+eigendecomposition: a three-member ensemble of a GPT small enough to form its Hessian (1,112
+parameters), after a few AdamW steps at LRs 1e-3, 3e-2 and 1 (the last strongly indefinite:
+|lambda_min| >> lambda_max, the case power iteration gets wrong); the warm start; readings that
+do not converge are NaN, flagged, with their product count; the gating; training runs (alone
+and packed) that record it. The Lanczos solver itself is tested in test_eigen.py."""
 
 from __future__ import annotations
 
 import csv
+import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from stabench import curvature
-from stabench.curvature import (
-    ADAM_THRESHOLD,
-    adam_preconditioner,
-    adam_threshold,
-    math_attention,
-    measure,
-    preconditioned_hvp,
-    top_eigenvalue,
-)
+from stabench.contract import Context
+from stabench.curvature import ADAM_THRESHOLD, adam_threshold, math_attention, measure
+from stabench.ensemble import Ensemble
+from stabench.loop import member_cross_entropy
 from stabench.model import GPT
-from stabench.probes import PROBES, ProbeContext
+from stabench.probes import PROBES
+from stabench.update import AdamW, Optimizer, OptimizerView
 
-CONFIG = {"seed": 0, "probes": {"curvature_every": 1, "curvature_iters": 5}}
-
-
-
-def tiny_setup(steps: int = 3, lr: float = 1e-2):
-    """A 1-layer d=8 GPT (vocab 16, seq 8) after a few AdamW steps: (model, optimizer, batch)."""
-    torch.manual_seed(0)
-    model = GPT(vocab_size=16, seq_len=8, d_model=8, n_layers=1, n_heads=2)
-    batch = torch.randint(0, 16, (4, 9), generator=torch.Generator().manual_seed(1))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), eps=1e-8)
-    for _ in range(steps):
-        train_step(model, optimizer, batch)
-    return model, optimizer, batch
+LRS = (1e-3, 3e-2, 1.0)
+K = len(LRS)
+TOL = curvature.TOL
 
 
-def train_step(model, optimizer, batch):
-    optimizer.zero_grad()
-    loss_of(model, batch).backward()
-    optimizer.step()
-    optimizer.zero_grad()
+def config(every: int = 1, max_products: int = 100) -> dict:
+    return {"optimizer": {"betas": [0.9, 0.95], "eps": 1e-8, "weight_decay": 1e-4, "decay_mode": "independent"},
+            "probes": {"curvature_every": every, "curvature_max_products": max_products}}
 
 
-def loss_of(model, batch):
-    logits = model(batch[:, :-1])
-    return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+def batch_at(step: int) -> torch.Tensor:
+    return torch.randint(0, 16, (1, 4, 9), generator=torch.Generator().manual_seed(step))
 
 
-def exact_top_eigenvalue(model, optimizer, batch) -> tuple[float, torch.Tensor]:
-    """Dense P^-1/2 H P^-1/2 (reverse-over-reverse Hessian) -> (top eigenvalue, P^-1/2)."""
-    params, inv_sqrt_p, _ = adam_preconditioner(optimizer, list(model.parameters()))
-    names = {id(p): n for n, p in model.named_parameters()}
-    keys, shapes = [names[id(p)] for p in params], [p.shape for p in params]
-    flat = torch.cat([p.detach().flatten() for p in params])
+class Tiny:
+    """A K-member ensemble of a 1-layer d=8 GPT (vocab 16, seq 8) trained by the engine's AdamW
+    with clipping, as the loop trains it; ``context`` is a probe step's Context."""
 
-    def loss(vector):
-        weights, offset = {}, 0
-        for key, shape in zip(keys, shapes):
-            weights[key] = vector[offset:offset + shape.numel()].view(shape)
-            offset += shape.numel()
-        logits = torch.func.functional_call(model, weights, (batch[:, :-1],))
-        return F.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+    def __init__(self, lrs=LRS, rule=None, fixed_batch: bool = False):
+        self.lrs, self.fixed_batch = tuple(lrs), fixed_batch
+        members = []
+        for _ in lrs:
+            torch.manual_seed(0)
+            members.append(GPT(vocab_size=16, seq_len=8, d_model=8, n_layers=1, n_heads=2))
+        self.ensemble = Ensemble(members)
+        self.lr = torch.tensor(lrs)
+        self.optimizer = Optimizer(self.ensemble, rule or AdamW(), [{**config(), "lr": lr} for lr in lrs],
+                                   [{}] * len(lrs))
+        self.step = 0
 
-    with math_attention():
-        hessian = torch.autograd.functional.hessian(loss, flat, vectorize=True).double()
-    d = torch.cat([s.flatten() for s in inv_sqrt_p]).double()
-    matrix = d[:, None] * hessian * d[None, :]
-    eig = torch.linalg.eigvalsh((matrix + matrix.T) / 2)
-    assert eig[-1] > eig[0].abs()  # the top eigenvalue dominates: plain power iteration applies
-    return float(eig[-1]), d
+    @property
+    def model(self) -> GPT:
+        return self.ensemble.model
+
+    def losses(self, batch, params=None) -> torch.Tensor:
+        x = batch[..., :-1]
+        logits = self.model(x) if params is None else torch.func.functional_call(self.model, params, (x,))
+        return member_cross_entropy(list(logits), batch[..., 1:])
+
+    def train(self, steps: int) -> None:
+        for _ in range(steps):
+            self.step += 1
+            e = self.ensemble
+            e.zero_grad()
+            self.losses(self.batch()).sum().backward()
+            norm = torch.linalg.vector_norm(e.grad, dim=1)
+            e.grad.mul_((1.0 / (norm + 1e-6)).clamp(max=1.0)[:, None])
+            self.optimizer.step(self.lr)
+
+    def batch(self) -> torch.Tensor:
+        return batch_at(1 if self.fixed_batch else self.step)
+
+    def context(self, cfg: dict | None = None, step: int | None = None) -> Context:
+        """The probe context of the step just taken: its batch, the weights after its update."""
+        batch = self.batch()
+        return Context(step=step or self.step, tokens=0, config=cfg or config(), model=self.model,
+                       peak_lrs=self.lrs, seeds=(0,) * len(self.lrs), lr=self.lr,
+                       optimizer=OptimizerView(self.optimizer, self.lr),
+                       objective=lambda params=None: self.losses(batch, params))
+
+    def dense_spectrum(self, k: int) -> torch.Tensor:
+        """Eigenvalues of member k's P^-1/2 H P^-1/2 on the elements Adam has updated, with H
+        from torch.autograd.functional.hessian in float64 and P = sqrt(v_hat) + eps."""
+        e, names = self.ensemble, self.ensemble.names
+        base = {n: e.view(e.flat, n).detach().double() for n in names}
+        batch = self.batch()
+
+        def loss(vector):
+            params, offset = {}, 0
+            for n, size in zip(names, e.sizes):
+                piece = vector[offset:offset + size].view(base[n].shape[1:])[None]
+                params[n] = torch.cat([base[n][:k], piece, base[n][k + 1:]])
+                offset += size
+            return self.losses(batch, params)[k]
+
+        with math_attention():
+            hessian = torch.autograd.functional.hessian(
+                loss, torch.cat([base[n][k].reshape(-1) for n in names]), vectorize=True)
+        v = torch.cat([self.optimizer.param(n, self.lr).state["exp_avg_sq"][k].reshape(-1) for n in names]).double()
+        s = ((v / (1 - 0.95 ** self.optimizer.counts[names[0]])).sqrt() + 1e-8).rsqrt()
+        keep = v > 0
+        matrix = s[:, None] * hessian * s[None, :]
+        matrix = ((matrix + matrix.T) / 2)[keep][:, keep]
+        return torch.linalg.eigvalsh(matrix)
 
 
-def probe_context(model, optimizer, batch, step=1, lr=1e-2, config=CONFIG):
-    return ProbeContext(step=step, tokens=0, lr=lr, loss=torch.tensor(0.0), grad_norm=None, model=model,
-                        optimizer=optimizer, logits=torch.zeros(1, 1, 16), config=config, batch=batch)
-
-
-# ---- power iteration ----------------------------------------------------------------------
-
-def test_top_eigenvalue_of_a_diagonal_operator():
-    diag = [torch.tensor([1.0, 3.0, -0.5]), torch.tensor([[10.0, 2.0]])]
-    lam, v, products = top_eigenvalue(lambda v: [d * x for d, x in zip(diag, v)],
-                                      [torch.ones(3), torch.ones(1, 2)], iters=50, tol=1e-8)
-    assert lam == pytest.approx(10.0, rel=1e-6)
-    assert abs(float(v[1][0, 0])) == pytest.approx(1.0, abs=1e-4)
-    assert products < 50  # stopped on tolerance
-
-
-def test_shifted_iteration_finds_the_top_eigenvalue_under_a_dominant_negative_one():
-    diag = torch.tensor([-8.0, 5.0, 1.0, -2.0])
-    op = lambda v: [diag * v[0]]  # noqa: E731
-    start = [torch.ones(4)]
-    lam, _, _ = top_eigenvalue(op, start, iters=200, tol=1e-10)
-    assert lam == pytest.approx(-8.0, rel=1e-4)
-    lam, v, _ = top_eigenvalue(op, start, iters=200, tol=1e-10, shift=lam)
-    assert lam == pytest.approx(5.0, rel=1e-4)
-    assert abs(float(v[0][1])) == pytest.approx(1.0, abs=1e-3)
-
-
-def test_measure_reports_the_top_not_a_dominant_negative_eigenvalue(monkeypatch):
-    model, optimizer, batch = tiny_setup(steps=2)
-    monkeypatch.setattr(curvature, "preconditioned_hvp",
-                        lambda loss, params, inv: lambda v: [(-3.0 if i == 0 else 1.0) * x for i, x in enumerate(v)])
-    row = measure(probe_context(model, optimizer, batch), iters=100)
-    assert row["lambda_max"] == pytest.approx(1.0, rel=1e-2)
-
-
-def test_top_eigenvalue_counts_products_and_respects_iters():
-    calls = []
-
-    def op(v):
-        calls.append(1)
-        return [2 * v[0]]
-
-    lam, _, products = top_eigenvalue(op, [torch.ones(4)], iters=1)
-    assert (lam, products, len(calls)) == (pytest.approx(2.0), 1, 1)
+@pytest.fixture(scope="module")
+def trained():
+    """(Tiny after 5 steps, each member's dense spectrum)."""
+    tiny = Tiny()
+    tiny.train(5)
+    return tiny, [tiny.dense_spectrum(k) for k in range(K)]
 
 
 def test_threshold_is_38_for_beta1_0_9():
@@ -125,87 +121,117 @@ def test_threshold_is_38_for_beta1_0_9():
     assert adam_threshold(0.9) == pytest.approx(38.0)
 
 
-# ---- against the dense preconditioned Hessian -----------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_setup()
-
-
-def test_preconditioner_is_nontrivial(tiny):
-    model, optimizer, _ = tiny
-    _, inv_sqrt_p, _ = adam_preconditioner(optimizer, list(model.parameters()))
-    flat = torch.cat([s.flatten() for s in inv_sqrt_p])
-    assert flat.max() / flat.min() > 10
+def test_dense_reference_covers_an_indefinite_member(trained):
+    _, spectra = trained
+    top, bottom = spectra[2][-1], spectra[2][0]
+    assert -bottom > 100 * top > 0  # LR 1: a dominant negative eigenvalue
+    assert all(s[0] < 0 < s[-1] for s in spectra)
 
 
-def test_hvp_is_linear_and_leaves_grads_alone(tiny):
-    model, optimizer, batch = tiny
-    params, inv_sqrt_p, _ = adam_preconditioner(optimizer, list(model.parameters()))
-    with math_attention():
-        hvp = preconditioned_hvp(loss_of(model, batch), params, inv_sqrt_p)
-        v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i)) for i, p in enumerate(params)]
-        w1 = hvp(v)
-        w2 = hvp([2 * x for x in v])
-    for a, b in zip(w1, w2):
-        torch.testing.assert_close(2 * a, b, rtol=1e-4, atol=1e-5)
-    assert all(p.grad is None for p in params)  # the probe never writes .grad
-
-
-def test_probe_estimate_within_5_percent_and_warm_start_needs_at_most_5_products():
-    model, optimizer, batch = tiny_setup(steps=10)
-    exact, _ = exact_top_eigenvalue(model, optimizer, batch)
+def test_probe_matches_the_dense_top_eigenvalue_of_every_member(trained):
+    tiny, spectra = trained
+    grad_before = tiny.ensemble.grad.clone()
     rng_before = torch.get_rng_state()
-    first = measure(probe_context(model, optimizer, batch))
+    row = PROBES["curvature"].fn(tiny.context())
     assert torch.equal(torch.get_rng_state(), rng_before)  # own generator: training RNG untouched
-    assert first["curvature_hvps"] <= curvature.FIRST_ITERS
-    assert first["lambda_max"] == pytest.approx(exact, rel=0.05)
-    assert first["lr_lambda_max"] == pytest.approx(1e-2 * first["lambda_max"])
-    assert first["adam_threshold"] == pytest.approx(38.0)
-    assert set(model.__dict__[curvature.STATE_ATTRIBUTE]["curvature_v"]) == {n for n, _ in model.named_parameters()}
+    assert torch.equal(tiny.ensemble.grad, grad_before)    # p.grad untouched
+    assert row["lambda_max"].shape == (K,)
+    for k in range(K):
+        exact = float(spectra[k][-1])
+        assert row["lambda_max"][k].item() == pytest.approx(exact, rel=TOL)  # the top, not the largest |.|
+        assert row["lr_lambda_max"][k].item() == pytest.approx(LRS[k] * exact, rel=TOL)
+        assert row["curvature_converged"][k].item() == 1.0
+        assert 0 < row["curvature_hvps"][k].item() <= 40
+        assert row["curvature_residual"][k].item() <= TOL
+    assert row["adam_threshold"] == pytest.approx(38.0)
+    store = tiny.model.__dict__[curvature.STATE_ATTRIBUTE]
+    assert set(store) == {(lr, 0) for lr in LRS}  # warm starts keyed by each member's (peak LR, seed)
 
-    train_step(model, optimizer, batch)  # one more AdamW step (lr 1e-2): parameters and P move
-    exact_next, _ = exact_top_eigenvalue(model, optimizer, batch)
-    second = measure(probe_context(model, optimizer, batch, step=2))
-    assert second["curvature_hvps"] <= 5
-    assert second["lambda_max"] == pytest.approx(exact_next, rel=0.05)
+
+def test_warm_start_is_used_and_readings_after_a_step_stay_exact():
+    tiny = Tiny(lrs=(3e-2, 1.0))
+    tiny.train(5)
+    cold = measure(tiny.context())
+    again = measure(tiny.context())  # the same state: the stored Ritz vectors are (nearly) eigenvectors
+    assert again["curvature_hvps"].tolist() == [1.0, 1.0] and cold["curvature_hvps"].min() > 2
+    torch.testing.assert_close(again["lambda_max"], cold["lambda_max"], rtol=TOL, atol=0)
+    tiny.train(1)  # one more step: parameters, P and the batch move
+    warm = measure(tiny.context())
+    for k in range(2):
+        assert warm["lambda_max"][k].item() == pytest.approx(float(tiny.dense_spectrum(k)[-1]), rel=TOL)
+        assert warm["curvature_converged"][k].item() == 1.0
 
 
 def test_warm_start_is_per_model_object():
-    a, opt_a, batch = tiny_setup(steps=2)
-    b, opt_b, _ = tiny_setup(steps=2)
-    measure(probe_context(a, opt_a, batch))
-    assert curvature.STATE_ATTRIBUTE not in b.__dict__
-    assert measure(probe_context(b, opt_b, batch))["curvature_hvps"] > 5  # cold start on b
+    a, b = Tiny(lrs=(3e-2,)), Tiny(lrs=(3e-2,))
+    a.train(3)
+    b.train(3)
+    measure(a.context())
+    assert curvature.STATE_ATTRIBUTE in a.model.__dict__
+    assert curvature.STATE_ATTRIBUTE not in b.model.__dict__
 
 
-def test_probe_runs_only_on_its_steps_and_with_adam_state():
-    assert "curvature" in PROBES
-    model, optimizer, batch = tiny_setup(steps=0)
-    assert PROBES["curvature"](probe_context(model, optimizer, batch)) == {}  # no Adam state yet
-    model, optimizer, batch = tiny_setup(steps=1)
-    off = {"seed": 0, "probes": {"curvature_every": 0, "curvature_iters": 5}}
-    every_2 = {"seed": 0, "probes": {"curvature_every": 2, "curvature_iters": 3}}
-    assert PROBES["curvature"](probe_context(model, optimizer, batch, config=off)) == {}
-    assert PROBES["curvature"](probe_context(model, optimizer, batch, step=3, config=every_2)) == {}
-    row = PROBES["curvature"](probe_context(model, optimizer, batch, step=4, config=every_2))
-    assert {"lambda_max", "lr_lambda_max", "curvature_hvps", "adam_threshold"} <= set(row)
+def test_non_convergence_is_nan_flagged_with_its_products(trained):
+    tiny, _ = trained
+    fresh = Tiny()
+    fresh.train(5)  # no warm start stored
+    row = PROBES["curvature"].fn(fresh.context(config(max_products=2)))
+    for k in range(K):
+        assert math.isnan(row["lambda_max"][k].item()) and math.isnan(row["lr_lambda_max"][k].item())
+        assert row["curvature_converged"][k].item() == 0.0
+        assert row["curvature_hvps"][k].item() == 2
+        assert row["curvature_residual"][k].item() > TOL
 
 
-def test_frozen_parameters_are_left_out():
-    model, optimizer, batch = tiny_setup(steps=2)
-    model.tok_emb.weight.requires_grad_(False)
-    measure(probe_context(model, optimizer, batch))
-    assert "tok_emb.weight" not in model.__dict__[curvature.STATE_ATTRIBUTE]["curvature_v"]
+def test_probe_runs_only_on_its_steps_and_with_optimizer_state():
+    assert "curvature" in PROBES and PROBES["curvature"].family.threshold == ADAM_THRESHOLD
+    fresh = Tiny(lrs=(1e-2,))
+    assert PROBES["curvature"].fn(fresh.context(step=1)) == {}  # no optimizer state yet
+    fresh.train(1)
+    assert PROBES["curvature"].fn(fresh.context(config(every=0))) == {}
+    assert PROBES["curvature"].fn(fresh.context(config(every=2), step=3)) == {}
+    row = PROBES["curvature"].fn(fresh.context(config(every=2, max_products=50), step=4))
+    assert {"lambda_max", "lr_lambda_max", "curvature_converged", "curvature_hvps", "adam_threshold"} <= set(row)
 
 
-def test_training_run_records_curvature(engine_bench, tmp_path, run_training):
+def test_locked_parameters_are_left_out():
+    tiny = Tiny(lrs=(1e-2,))
+    tiny.train(2)
+    tiny.ensemble.params["tok_emb.weight"].requires_grad_(False)
+    measure(tiny.context())
+    (vector,) = tiny.model.__dict__[curvature.STATE_ATTRIBUTE].values()
+    assert vector.numel() == tiny.ensemble.flat.shape[1] - 16 * 8
+
+
+class NoPreconditioner(AdamW):
+    def preconditioner(self, state, h):
+        return None
+
+
+def test_a_rule_without_preconditioner_is_skipped():
+    tiny = Tiny(lrs=(1e-2,), rule=NoPreconditioner())
+    tiny.train(2)
+    assert PROBES["curvature"].fn(tiny.context()) == {}
+
+
+def _curvature_rows(out) -> list[dict]:
+    with open(out / "history.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("lambda_max")]
+
+
+def test_training_runs_record_curvature_alone_and_packed(engine_bench, tmp_path, run_training, train_pack):
     bench = engine_bench.load(["train.steps=10", "train.probe_every=5", "probes.curvature_every=5"])
-    metrics = run_training(tmp_path, benchmark=bench, lr=1e-2)
+    metrics = run_training(tmp_path / "single", benchmark=bench, lr=1e-2)
     assert not metrics["diverged"]
-    with open(tmp_path / "history.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("lambda_max")]
+    rows = _curvature_rows(tmp_path / "single")
     assert [int(r["step"]) for r in rows] == [5, 10]
-    assert all(float(r["lambda_max"]) > 0 for r in rows)
-    assert int(rows[0]["curvature_hvps"]) <= 2 * curvature.FIRST_ITERS  # two passes if negative dominates
-    assert int(rows[1]["curvature_hvps"]) <= 2 * 5
+    for r in rows:
+        assert float(r["lambda_max"]) > 0 and float(r["curvature_converged"]) == 1.0
+        assert float(r["lr_lambda_max"]) == pytest.approx(float(r["lr"]) * float(r["lambda_max"]), rel=1e-6)
+        assert 0 < int(float(r["curvature_hvps"])) <= bench["probes"]["curvature_max_products"]
+    family = metrics["probe_families"]["curvature"]
+    assert family["threshold"] == ADAM_THRESHOLD and "lr_lambda_max" in family["columns"]
+    packed = train_pack([tmp_path / "p0", tmp_path / "p1"], [1e-3, 1e-2], benchmark=bench)
+    assert [m["packed_with"] for m in packed] == [2, 2]
+    for r, p in zip(rows, _curvature_rows(tmp_path / "p1")):  # the member reads what its separate run reads
+        assert float(p["lambda_max"]) == pytest.approx(float(r["lambda_max"]), rel=1e-2)

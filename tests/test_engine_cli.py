@@ -1,8 +1,10 @@
 """stabench.cli and stabench.config: bad input fails before any data or training work, with
-exit code 2 and one line on stderr that names the field and what would be valid."""
+exit code 2 and one line on stderr that names the field and what would be valid; ``train``
+(one run) and ``train-pack`` (one ensemble) end to end."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -10,8 +12,13 @@ import pytest
 import yaml
 
 import stabench.cli as cli
-from stabench.config import ConfigError, load_benchmark, run_config
+from stabench.config import ConfigError, load_benchmark
 from stabench.methods import known_methods
+from stabench.runspec import lr_labels, resolve_run
+
+
+def run_config(benchmark: dict, **kw) -> dict:
+    return resolve_run(benchmark, **kw).config
 
 
 @pytest.fixture
@@ -20,7 +27,7 @@ def no_work(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("reached data preparation or training")
     monkeypatch.setattr(cli, "prepare_data", forbidden)
-    monkeypatch.setattr(cli, "train_run", forbidden)
+    monkeypatch.setattr(cli, "train", forbidden)
 
 
 def train_args(engine_bench, out: Path, *extra: str, benchmark: str | Path | None = None,
@@ -158,12 +165,15 @@ def test_exponent_floats_without_a_dot_in_files(engine_bench, tmp_path):
 
 def test_shipped_benchmarks_validate():
     from stabench.config import BENCHMARKS_DIR
-    for path in BENCHMARKS_DIR.glob("*.yaml"):
-        if path.stem != "schema":
-            bench = load_benchmark(path)
-            for label in [m if isinstance(m, str) else m.get("label", m["use"]) for m in bench["methods"]]:
-                for size in bench["sizes"]:
-                    run_config(bench, method=label, size=size, lr=bench["learning_rates"][0], seed=0)
+    paths = [p for p in BENCHMARKS_DIR.glob("*.yaml") if p.stem != "schema"]
+    assert len(paths) >= 5
+    for path in paths:
+        bench = load_benchmark(path)
+        assert len(lr_labels(bench["learning_rates"])) == len(bench["learning_rates"]), path
+        for label in [m if isinstance(m, str) else m.get("label", m["use"]) for m in bench["methods"]]:
+            for size in bench["sizes"]:
+                run = resolve_run(bench, method=label, size=size, lr=bench["learning_rates"][0], seed=0)
+                assert "benchmark_sizes" not in run.config and len(run.identity) == 16
 
 
 def test_train_command_runs(engine_bench, tmp_path, capsys, torch_one_thread):
@@ -190,3 +200,80 @@ def test_methods_command_lists_methods(engine_bench, capsys):
     rows = {line.split()[0]: line for line in out.splitlines()}
     assert set(rows) == {"baseline", "qk_layernorm", "z_loss", "qk_layernorm+z_loss"}
     assert rows["qk_layernorm+z_loss"].split(None, 1)[1] == "qk_layernorm v1 + z_loss v1"
+
+
+# ---- train-pack ---------------------------------------------------------------------------
+
+def pack_args(engine_bench, members: list[tuple[str, int, Path]], *extra: str, method: str = "baseline") -> list[str]:
+    runs = [arg for lr, seed, out in members for arg in ("--run", f"{lr}:{seed}:{out}")]
+    return ["train-pack", str(engine_bench.path), "--method", method, "--size", "tiny", *runs,
+            "--data", str(engine_bench.data_dir), "--no-progress", *extra]
+
+
+def test_train_pack_command_runs(engine_bench, tmp_path, capsys):
+    members = [("1e-3", 0, tmp_path / "a"), ("1e-2", 1, tmp_path / "b")]
+    code, stdout, err = run_cli(pack_args(engine_bench, members, "--set", "train.steps=5", "--threads", "1",
+                                          method="qk_layernorm+z_loss"), capsys)
+    assert code == 0, err
+    assert "qk_layernorm+z_loss tiny: 2 runs trained together as one ensemble" in err
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 2 and all("finished" in line for line in lines)
+    for (lr, seed, out), line in zip(members, lines):
+        assert str(out) in line
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["steps"] == 5 and metrics["packed_with"] == 2
+        assert (metrics["lr"], metrics["seed"]) == (float(lr), seed)
+        assert (out / "losses.csv").is_file()
+
+
+def test_train_pack_of_an_unpackable_method_says_why(engine_bench, tmp_path, capsys, tmp_methods):
+    name = tmp_methods('"""Cannot pack (a test method)."""\nVERSION = "1"\nPACKABLE = False\n'
+                       'UNPACKABLE_REASON = "it needs one LR at a time"\n', "alone")
+    members = [("1e-3", 0, tmp_path / "a"), ("1e-2", 0, tmp_path / "b")]
+    code, stdout, err = run_cli(pack_args(engine_bench, members, "--set", "train.steps=2", method=name), capsys)
+    assert code == 0, err
+    assert f"2 runs trained one at a time ({name}: it needs one LR at a time)" in err
+    assert [json.loads((o / "metrics.json").read_text())["packed_with"] for *_, o in members] == [1, 1]
+
+
+@pytest.mark.parametrize("run, needle", [("0.01", "LR:SEED:OUT_DIR"), ("abc:0:x", "LR:SEED:OUT_DIR"),
+                                         ("0.01:zero:x", "LR:SEED:OUT_DIR")])
+def test_bad_pack_member_is_a_one_line_error(engine_bench, tmp_path, capsys, no_work, run, needle):
+    argv = ["train-pack", str(engine_bench.path), "--method", "baseline", "--size", "tiny", "--run", run,
+            "--data", str(engine_bench.data_dir), "--no-progress"]
+    code, _, err = run_cli(argv, capsys)
+    assert_one_line_error(code, err, needle, repr(run))
+
+
+def test_pack_members_differing_in_more_than_lr_and_seed_cannot_be_asked_for(engine_bench, tmp_path, capsys, no_work):
+    members = [("1e-3", 0, tmp_path / "a"), ("1e-3", 0, tmp_path / "b")]
+    code, _, err = run_cli(pack_args(engine_bench, members), capsys)
+    assert_one_line_error(code, err, "(lr, seed) appears twice")
+
+
+# ---- exact learning rates -------------------------------------------------------------------
+
+EXACT_LRS = [1e-3, 1.0000001e-3, 3.16227766e-3]
+
+
+def test_exact_lrs_train_through_the_cli(engine_bench, tmp_path, capsys):
+    """The folder labels of a grid read back as the exact LRs; the engine trains those floats."""
+    labels = lr_labels(EXACT_LRS)
+    assert list(labels) == ["0.001", "0.0010000001", "0.00316227766"]
+    assert list(labels.values()) == EXACT_LRS
+    members = [(label, 0, tmp_path / f"lr{label}") for label in labels]
+    code, _, err = run_cli(pack_args(engine_bench, members, "--set", "train.steps=6", "--set", "train.warmup_steps=2",
+                                     "--set", "train.probe_every=2"), capsys)
+    assert code == 0, err
+    for (label, _, out), lr in zip(members, EXACT_LRS):
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["lr"] == lr and metrics["config"]["lr"] == lr  # not 0.00316228
+        with open(out / "history.csv") as f:
+            peak = [float(r["lr"]) for r in csv.DictReader(f) if r["step"] == "2"][0]
+        assert peak == pytest.approx(lr, rel=1e-7)  # the step at the end of warm-up trains at the peak
+    out = tmp_path / "single"
+    argv = train_args(engine_bench, out, "--set", "train.steps=2")
+    argv[argv.index("--lr") + 1] = "0.00316227766"
+    code, stdout, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["lr"] == 3.16227766e-3

@@ -1,27 +1,38 @@
-"""The method contract (stabench.methods): loading, composing, arguments, errors; the z_loss
-hook; and the rule that the engine names no method."""
+"""The typed method contract (stabench.contract, stabench.methods): loading, composing,
+arguments, hook signatures checked at load, PACKABLE, param_options keys, the context object
+that loss/on_step/probe hooks receive, the z_loss hook, methods/_template.py as a working
+method (K = 1 and K = 2), and the rule that the engine, the analysis and the workflow name no
+method."""
 
 from __future__ import annotations
 
-import ast
+import csv
+import inspect
 import io
 import re
+import shutil
 import tokenize
+import uuid
 from pathlib import Path
 
 import pytest
 import torch
 
-from stabench.config import run_config
+import stabench.cli as cli
+from stabench.contract import EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Context, signature_problem
+from stabench.ensemble import Ensemble, build_member
+from stabench.loop import train
 from stabench.methods import (
-    EXCLUSIVE_HOOKS,
     MethodError,
     known_methods,
     load_method,
     load_module,
     load_stack,
+    param_options,
 )
-from stabench.trainer import LossContext
+from stabench.runspec import resolve_run
+
+from conftest import resolve
 
 REPO = Path(__file__).resolve().parent.parent
 METHOD_NAMES = sorted(p.stem for p in (REPO / "methods").glob("*.py") if not p.stem.startswith("_"))
@@ -29,24 +40,57 @@ METHOD_NAMES = sorted(p.stem for p in (REPO / "methods").glob("*.py") if not p.s
 DOC = '"""A test method."""\nVERSION = "0"\n'
 
 
-# ---- z_loss -------------------------------------------------------------------------------
+def context(member_logits, targets, **kw) -> Context:
+    k = len(member_logits)
+    return Context(step=1, tokens=0, config={}, model=None, peak_lrs=(1e-3,) * k, seeds=(0,) * k,
+                   cache={"member_logits": member_logits}, targets=targets, **kw)
 
-def _logits(seed: int = 0, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
+
+def _logits(seed: int = 0, scale: float = 3.0, members: int = 2):
     g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(2, 5, 11, generator=g) * scale + 4.0  # log Z far from 0
-    targets = torch.randint(0, 11, (2, 5), generator=g)
+    logits = [torch.randn(2, 5, 11, generator=g) * scale + 4.0 * (k + 1) for k in range(members)]  # log Z far from 0
+    targets = torch.randint(0, 11, (1, 2, 5), generator=g)
     return logits, targets
 
 
+# ---- the context object -------------------------------------------------------------------
+
+def test_context_caches_log_z_and_stacks_logits():
+    logits, targets = _logits()
+    ctx = context(logits, targets)
+    assert ctx.members == 2
+    assert ctx.log_z is ctx.log_z and ctx.log_z.shape == (2, 2, 5)
+    torch.testing.assert_close(ctx.log_z, torch.stack([torch.logsumexp(x, -1) for x in logits]))
+    assert ctx.logits is ctx.logits and ctx.logits.shape == (2, 2, 5, 11)
+    torch.testing.assert_close(Context.member_mean(ctx.logits), torch.stack([x.mean() for x in logits]))
+    assert ctx.loss is None and ctx.optimizer is None and ctx.grad_norm is None  # not there yet
+
+
+def test_context_computes_member_logits_from_hidden_states_on_demand():
+    """The training loss never materializes logits (stabench.readout); a hook that asks for them
+    gets the readout of the hidden states, with grad."""
+    from stabench.model import GPT
+    torch.manual_seed(0)
+    model = GPT(vocab_size=11, seq_len=5, d_model=8, n_layers=1, n_heads=2)
+    idx = torch.randint(0, 11, (1, 2, 5))
+    hidden, _ = model.features(idx)
+    ctx = Context(step=1, tokens=0, config={}, model=model, peak_lrs=(1e-3,), seeds=(0,), hidden=hidden, targets=idx)
+    assert "member_logits" not in ctx.cache
+    torch.testing.assert_close(torch.stack(ctx.member_logits), model(idx))
+    assert ctx.member_logits[0].requires_grad
+
+
+# ---- z_loss -------------------------------------------------------------------------------
+
 @pytest.mark.parametrize("coef", [1e-4, 0.3])
-def test_z_loss_hook_matches_formula(coef):
+def test_z_loss_hook_matches_formula_per_member(coef):
     method = load_method("z_loss", {"coef": coef})
     logits, targets = _logits()
-    got = method.hook("loss")(LossContext(logits, targets), method.args)
-    log_z = torch.stack([torch.log(torch.exp(row.double()).sum()) for row in logits.reshape(-1, 11)])
-    want = coef * (log_z ** 2).mean()
-    assert got.shape == ()
-    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got = method.hook("loss")(context(logits, targets), method.args)
+    assert got.shape == (2,)
+    for k, member in enumerate(logits):
+        log_z = torch.stack([torch.log(torch.exp(row.double()).sum()) for row in member.reshape(-1, 11)])
+        assert got[k].item() == pytest.approx((coef * (log_z ** 2).mean()).item(), rel=1e-6)
 
 
 def test_z_loss_default_coef_is_1e_4():
@@ -55,30 +99,27 @@ def test_z_loss_default_coef_is_1e_4():
 
 def test_z_loss_gradient_pushes_log_z_toward_zero():
     method = load_method("z_loss", {"coef": 1.0})
-    logits, targets = _logits()
-    logits.requires_grad_(True)
-    method.hook("loss")(LossContext(logits, targets), method.args).backward()
+    logits, targets = _logits(members=1)
+    logits[0].requires_grad_(True)
+    method.hook("loss")(context(logits, targets), method.args).sum().backward()
     with torch.no_grad():
-        before = torch.logsumexp(logits, -1).abs().mean()
-        after = torch.logsumexp(logits - 1e-2 * logits.grad, -1).abs().mean()
+        before = torch.logsumexp(logits[0], -1).abs().mean()
+        after = torch.logsumexp(logits[0] - 1e-2 * logits[0].grad, -1).abs().mean()
     assert after < before
-
-
-def test_loss_context_caches_log_z():
-    logits, targets = _logits()
-    ctx = LossContext(logits, targets)
-    assert ctx.log_z is ctx.log_z
-    torch.testing.assert_close(ctx.log_z, torch.logsumexp(logits, -1))
 
 
 # ---- loading and composing ----------------------------------------------------------------
 
 def test_shipped_methods_are_known_and_valid():
     assert set(METHOD_NAMES) <= set(known_methods())
+    assert "_template" not in known_methods()
     for name in METHOD_NAMES:
         module = load_module(name)
         assert (module.__doc__ or "").strip()
         assert isinstance(module.VERSION, str) and module.VERSION
+        for hook in HOOKS:
+            if hasattr(module, hook):
+                assert signature_problem(hook, getattr(module, hook)) is None, (name, hook)
 
 
 def test_compose_two_methods():
@@ -127,9 +168,14 @@ def test_bad_method_expressions(use, needle):
         load_stack(use)
 
 
+def _hook_source(hook: str, body: str = "raise AssertionError('never called')") -> str:
+    params = ", ".join(HOOKS[hook].signature.parameters)
+    return f"def {hook}({params}):\n    {body}\n"
+
+
 @pytest.mark.parametrize("hook", EXCLUSIVE_HOOKS)
 def test_exclusive_hook_conflict(tmp_methods, hook):
-    src = DOC + f"def {hook}(*args):\n    raise AssertionError('never called')\n"
+    src = DOC + _hook_source(hook)
     a, b = tmp_methods(src, "excl_a"), tmp_methods(src, "excl_b")
     with pytest.raises(MethodError) as err:
         load_stack(f"{a}+{b}")
@@ -138,6 +184,12 @@ def test_exclusive_hook_conflict(tmp_methods, hook):
     # each alone is fine, and so is composing with a method that does not claim the hook
     assert load_stack(a).exclusive(hook)[0].__module__ == f"stabench_methods.{a}"
     assert load_stack(f"{a}+z_loss").names == [a, "z_loss"]
+
+
+def test_exclusive_hooks_are_the_optimizer_batch_and_schedule():
+    assert set(EXCLUSIVE_HOOKS) == {"update_rule", "transform_batch", "lr_schedule"}
+    assert set(HOOKS) == {"configure", "transform_model", "param_options", "loss", "on_step", "probes",
+                          "update_rule", "transform_batch", "lr_schedule"}
 
 
 def test_unknown_method_argument_names_valid_ones():
@@ -155,15 +207,14 @@ def test_args_for_a_method_not_in_the_stack():
 def test_benchmark_args_reach_the_hook(engine_bench):
     bench = engine_bench.with_methods(
         ["baseline", {"label": "zl_strong", "use": "qk_layernorm+z_loss", "args": {"z_loss": {"coef": 0.01}}}])
-    config = run_config(bench, method="zl_strong", size="tiny", lr=1e-3, seed=0)
-    assert config["method_spec"] == {"use": "qk_layernorm+z_loss", "args": {"z_loss": {"coef": 0.01}}}
-    stack = load_stack(config["method_spec"]["use"], config["method_spec"]["args"])
-    assert stack.describe()[1]["args"] == {"coef": 0.01}
-    (hook, args), = stack.composed("loss")
+    run = resolve_run(bench, method="zl_strong", size="tiny", lr=1e-3, seed=0)
+    assert run.config["method_spec"] == {"use": "qk_layernorm+z_loss", "args": {"z_loss": {"coef": 0.01}}}
+    assert run.config["methods"][1]["args"] == {"coef": 0.01}
+    (hook, args), = run.stack.composed("loss")
     logits, targets = _logits()
-    got = hook(LossContext(logits, targets), args)
-    want = 0.01 * torch.logsumexp(logits, -1).square().mean()
-    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    got = hook(context(logits, targets), args)
+    want = torch.stack([0.01 * torch.logsumexp(x, -1).square().mean() for x in logits])
+    torch.testing.assert_close(got, want)
 
 
 def test_method_without_docstring_is_rejected(tmp_methods):
@@ -203,50 +254,207 @@ def test_methods_path_comes_first(tmp_methods):
     assert name in known_methods()
 
 
-# ---- the engine names no method -----------------------------------------------------------
-
-ENGINE_FILES = sorted((REPO / "stabench").glob("*.py")) + sorted((REPO / "stabench" / "data").glob("*.py"))
-
-
-def _docstring_nodes(tree: ast.AST) -> set[int]:
-    """Line numbers of module/class/function docstrings."""
-    lines = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                    and isinstance(body[0].value.value, str):
-                lines.add(body[0].lineno)
-    return lines
+def test_methods_path_must_name_folders(monkeypatch, tmp_path):
+    monkeypatch.setenv("STABENCH_METHODS_PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(MethodError, match="nowhere.*not a folder"):
+        known_methods()
 
 
-def _mentions(kind: str) -> list[str]:
-    """Mentions of a method file name as a whole word in identifiers ('name') or string
-    literals other than docstrings ('string'), across the engine's sources."""
+# ---- hook signatures, PACKABLE, param_options keys: checked when a method loads ------------------
+
+WRONG_SIGNATURES = {
+    "configure": "def configure(config):\n    pass\n",
+    "transform_model": "def transform_model(model, config, args, extra):\n    pass\n",
+    "param_options": "def param_options(model, args):\n    return {}\n",
+    "loss": "def loss(logits, targets, args):\n    return 0.0\n",          # the pre-contract form
+    "on_step": "def on_step(step, state, args):\n    pass\n",              # the pre-contract form
+    "probes": "def probes():\n    return {}\n",
+    "update_rule": "def update_rule(param_groups, config, args, more):\n    pass\n",
+    "transform_batch": "def transform_batch(batch, step, config):\n    return batch\n",
+    "lr_schedule": "def lr_schedule(step, config, args):\n    return 1.0\n",
+}
+
+
+@pytest.mark.parametrize("hook", sorted(HOOKS))
+def test_a_hook_with_a_wrong_signature_fails_at_load(tmp_methods, hook):
+    name = tmp_methods(DOC + WRONG_SIGNATURES[hook], "sig")
+    expected = ", ".join(HOOKS[hook].signature.parameters)
+    with pytest.raises(MethodError) as err:
+        load_module(name)
+    msg = str(err.value)
+    assert "\n" not in msg and name in msg and repr(hook) in msg and f"({expected})" in msg
+    # the right signature (defaults and other parameter names allowed) loads
+    assert load_module(tmp_methods(DOC + _hook_source(hook, "pass"), "sig"))
+
+
+def test_signature_rules():
+    assert signature_problem("loss", lambda ctx, args: 0) is None
+    assert signature_problem("loss", lambda c, a, extra=None: 0) is None  # an optional extra
+    assert signature_problem("loss", lambda *args: 0) is None
+    assert "must take (ctx, args)" in signature_problem("loss", lambda ctx: 0)
+    assert "not a function" in signature_problem("loss", 3)
+
+
+def test_a_hook_that_is_not_a_function_fails_at_load(tmp_methods):
+    name = tmp_methods(DOC + "loss = 3\n", "notfn")
+    with pytest.raises(MethodError, match="not a function"):
+        load_module(name)
+
+
+def test_packable_false_needs_a_reason(tmp_methods):
+    name = tmp_methods(DOC + "PACKABLE = False\n", "nopack")
+    with pytest.raises(MethodError) as err:
+        load_module(name)
+    assert "UNPACKABLE_REASON" in str(err.value) and name in str(err.value)
+    ok = tmp_methods(DOC + "PACKABLE = False\nUNPACKABLE_REASON = 'it must see one LR'\n", "nopack")
+    assert load_stack(ok).unpackable_reason() == f"{ok}: it must see one LR"
+    assert load_stack("baseline").unpackable_reason() is None
+
+
+def test_unknown_param_options_key_is_a_one_line_error(engine_bench, tmp_methods):
+    name = tmp_methods(DOC + '''def param_options(model, config, args):
+    return {"head.weight": {"lr_mult": 2.0, "weight_deacy": 0.0}}
+''', "typo")
+    run = resolve(engine_bench.benchmark, name)
+    model = build_member(run.config, run.stack)
+    with pytest.raises(MethodError) as err:
+        param_options(model, run.config, run.stack)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert repr(name) in msg and "head.weight" in msg and "'weight_deacy'" in msg
+    assert "valid keys: " + ", ".join(PARAM_OPTION_KEYS) in msg
+    assert set(PARAM_OPTION_KEYS) == {"lr_mult", "weight_decay", "eps", "trainable"}
+
+
+def test_unknown_param_options_key_stops_the_cli_with_one_line(engine_bench, tmp_methods, tmp_path, capsys):
+    name = tmp_methods(DOC + '''def param_options(model, config, args):
+    return {"head.weight": {"weight_deacy": 0.0}}
+''', "typo")
+    code = cli.main(["train", str(engine_bench.path), "--method", name, "--size", "tiny", "--lr", "1e-3",
+                     "--out", str(tmp_path / "run"), "--data", str(engine_bench.data_dir), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "weight_deacy" in err[0] and "valid keys" in err[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_transform_must_keep_the_member_dimension(engine_bench, tmp_methods):
+    name = tmp_methods(DOC + '''import torch
+def transform_model(model, config, args):
+    model.register_buffer("stray", torch.zeros(3))
+''', "nodim")
+    run = resolve(engine_bench.benchmark, name)
+    with pytest.raises(MethodError, match="stray.*leading member dimension"):
+        build_member(run.config, run.stack)
+
+
+def test_members_built_differently_are_refused_naming_the_setting(engine_bench, tmp_methods):
+    name = tmp_methods(DOC + '''def transform_model(model, config, args):
+    for block in model.blocks:
+        block.attn.scale = config["lr"]
+''', "bylr")
+    runs = [resolve(engine_bench.benchmark, name, lr=lr) for lr in (1e-3, 1e-2)]
+    models = [build_member(r.config, r.stack) for r in runs]
+    with pytest.raises(MethodError) as err:
+        Ensemble(models, label=name)
+    assert "blocks.0.attn.scale" in str(err.value) and "PACKABLE = False" in str(err.value)
+
+
+# ---- methods/_template.py is a working method ---------------------------------------------
+
+def test_template_documents_every_hook_with_its_signature():
+    template = load_module_from(REPO / "methods" / "_template.py")
+    for hook, spec in HOOKS.items():
+        fn = getattr(template, hook)
+        assert list(inspect.signature(fn).parameters) == list(spec.signature.parameters), hook
+        assert inspect.getdoc(fn), hook
+    for attr in ("VERSION", "ARGS", "CHANGES_LR_MEANING", "PACKABLE", "UNPACKABLE_REASON"):
+        assert hasattr(template, attr), attr
+
+
+def load_module_from(path: Path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(f"template_{uuid.uuid4().hex[:6]}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_template_copied_under_a_new_name_trains_alone_and_packed_alike(engine_bench, tmp_methods, tmp_path):
+    name = tmp_methods((REPO / "methods" / "_template.py").read_text(), "my_method")
+    assert name in known_methods()
+    bench = engine_bench.load(["train.steps=10", "train.probe_every=5", "train.eval_every=10"])
+    runs = [resolve(bench, name, lr=lr) for lr in (1e-3, 3e-3)]
+    assert runs[0].stack.unpackable_reason() is None
+    packed = train(runs, [tmp_path / "p0", tmp_path / "p1"], engine_bench.data_dir, progress=False)
+    single = train(runs, [tmp_path / "s0", tmp_path / "s1"], engine_bench.data_dir, progress=False, pack=False)
+    for i, (p, s) in enumerate(zip(packed, single)):
+        assert p["packed_with"] == 2 and s["packed_with"] == 1
+        assert not p["diverged"] and p["steps"] == 10
+        assert p["final_val_loss"] == pytest.approx(s["final_val_loss"], rel=1e-5)
+        assert p["final_val_loss"] < p["init_loss"]
+        assert p["methods"] == [{"name": name, "args": {"strength": 1.0}, "version": "1", "changes_lr_meaning": False}]
+        assert p["probe_families"]["template_norm"]["columns"] == ["template_head_norm"]
+        with open(tmp_path / f"p{i}" / "history.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r.get("template_head_norm")]
+        assert [int(r["step"]) for r in rows] == [5, 10]
+        assert "update_rms_mean" in rows[0]  # the template's rule has a direction
+
+
+# ---- the engine, the analysis and the workflow name no method ---------------------------
+
+def code_files(part: str) -> list[Path]:
+    if part == "workflow":
+        return [REPO / "Snakefile"] + sorted((REPO / "workflow").rglob("*.smk")) + \
+            sorted((REPO / "workflow").rglob("*.py"))
+    return sorted((REPO / part).rglob("*.py"))
+
+
+def _is_docstring(tokens: list, i: int) -> bool:
+    """A string that is a whole statement (a module/class/function docstring or a rule's)."""
+    skip = (tokenize.NL, tokenize.COMMENT)
+    j = i - 1
+    while j >= 0 and tokens[j].type in skip:
+        j -= 1
+    k = i + 1
+    while k < len(tokens) and tokens[k].type in skip:
+        k += 1
+    starts = j < 0 or tokens[j].type in (tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)
+    ends = k >= len(tokens) or tokens[k].type in (tokenize.NEWLINE, tokenize.ENDMARKER)
+    return starts and ends
+
+
+def mentions(files: list[Path]) -> list[str]:
+    """Method file names as whole words in identifiers or in string literals that are not
+    docstrings, across ``files`` (comments and docstrings may cite methods)."""
     pattern = re.compile(r"(?<![A-Za-z0-9_])(" + "|".join(map(re.escape, METHOD_NAMES)) + r")(?![A-Za-z0-9_])")
     found = []
-    for path in ENGINE_FILES:
-        source = path.read_text()
-        docstrings = _docstring_nodes(ast.parse(source))
-        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if kind == "name" and tok.type == tokenize.NAME and pattern.fullmatch(tok.string):
-                found.append(f"{path.relative_to(REPO)}:{tok.start[0]}: {tok.string}")
+    for path in files:
+        tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text()).readline))
+        for i, tok in enumerate(tokens):
             is_string = tok.type == tokenize.STRING or tok.type == getattr(tokenize, "FSTRING_MIDDLE", -1)
-            if kind == "string" and is_string and tok.start[0] not in docstrings and pattern.search(tok.string):
-                found.append(f"{path.relative_to(REPO)}:{tok.start[0]}: {tok.string}")
+            if (tok.type == tokenize.NAME and pattern.fullmatch(tok.string)) or \
+                    (is_string and pattern.search(tok.string) and not _is_docstring(tokens, i)):
+                found.append(f"{path.name}:{tok.start[0]}: {tok.string[:60]}")
     return found
 
 
-def test_method_names_found_and_engine_files_found():
+def test_the_scan_finds_files_and_mentions(tmp_path):
     assert {"baseline", "qk_layernorm", "z_loss"} <= set(METHOD_NAMES)
-    assert any(p.name == "trainer.py" for p in ENGINE_FILES)
-    assert any(p.parent.name == "data" for p in ENGINE_FILES)
+    engine = {p.relative_to(REPO).as_posix() for p in code_files("stabench")}
+    assert {"stabench/loop.py", "stabench/evaluation/adapter.py", "stabench/data/__init__.py"} <= engine
+    assert {"Snakefile", "workflow/rules/train.smk", "workflow/rules/common.smk"} <= \
+        {p.relative_to(REPO).as_posix() for p in code_files("workflow")}
+    assert "analysis/diagnostics.py" in {p.relative_to(REPO).as_posix() for p in code_files("analysis")}
+    # the scanner sees names and non-docstring strings, not docstrings or comments
+    sample = tmp_path / "sample.py"
+    sample.write_text('"""baseline in a docstring."""\n# z_loss in a comment\nx = "qk_layernorm"\nz_loss = 1\n'
+                      'def f():\n    """baseline again."""\n    return f"{x} baseline"\n')
+    tokens = list(tokenize.generate_tokens(io.StringIO(sample.read_text()).readline))
+    docstrings = [t.string for i, t in enumerate(tokens) if t.type == tokenize.STRING and _is_docstring(tokens, i)]
+    assert docstrings == ['"""baseline in a docstring."""', '"""baseline again."""']
+    assert mentions([sample]) == ['sample.py:3: "qk_layernorm"', "sample.py:4: z_loss", 'sample.py:7: f"{x} baseline"']
 
 
-def test_engine_code_names_no_method():
-    assert _mentions("name") == []
-
-
-def test_engine_strings_name_no_method():
-    assert _mentions("string") == []
-
+@pytest.mark.parametrize("part", ["stabench", "workflow", "analysis"])
+def test_code_names_no_method(part):
+    assert mentions(code_files(part)) == []

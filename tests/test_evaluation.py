@@ -48,7 +48,7 @@ def request(kind: str, *args):
 @torch.no_grad()
 def hand_logprobs(gpt, inp: list[int], targets: list[int]) -> tuple[float, bool]:
     """Sum of log p(targets) at the last len(targets) positions of one forward of inp."""
-    logp = F.log_softmax(gpt(torch.tensor([inp]))[0].float(), dim=-1)[len(inp) - len(targets):]
+    logp = F.log_softmax(gpt(torch.tensor([[inp]]))[0, 0].float(), dim=-1)[len(inp) - len(targets):]
     t = torch.tensor(targets)
     return logp.gather(-1, t[:, None]).sum().item(), bool((logp.argmax(-1) == t).all())
 
@@ -83,8 +83,8 @@ def test_loglikelihood_is_the_models_summed_logprob(lm, gpt, tokenizer):
 def test_is_greedy(lm, gpt):
     ctx = [5, 17, 42, 99]
     with torch.no_grad():
-        first = int(gpt(torch.tensor([ctx]))[0, -1].argmax())
-        second = int(gpt(torch.tensor([ctx + [first]]))[0, -1].argmax())
+        first = int(gpt(torch.tensor([[ctx]]))[0, 0, -1].argmax())
+        second = int(gpt(torch.tensor([[ctx + [first]]]))[0, 0, -1].argmax())
     other = (first + 1) % 512
     (ll_g, g), (ll_2, g2), (ll_o, o), (_, mixed) = lm._loglikelihood_tokens(
         [(None, ctx, [first]), (None, ctx, [first, second]), (None, ctx, [other]), (None, ctx, [other, second])],
@@ -127,7 +127,7 @@ def test_generate_until_is_greedy_and_stops(lm, gpt, tokenizer):
     greedy = []
     with torch.no_grad():
         for _ in range(6):
-            nxt = int(gpt(torch.tensor([(toks + greedy)[-SEQ_LEN:]]))[0, -1].argmax())
+            nxt = int(gpt(torch.tensor([[(toks + greedy)[-SEQ_LEN:]]]))[0, 0, -1].argmax())
             if nxt == lm.eot_token_id:
                 break
             greedy.append(nxt)
@@ -206,11 +206,11 @@ def test_task_building_is_deterministic(engine_bench, tasks_dir, tmp_path):
 # ---------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
 def trained_run(engine_bench, tmp_path_factory):
-    from stabench.config import run_config
-    from stabench.trainer import train_run
+    from stabench.loop import train
+    from stabench.runspec import resolve_run
     out = tmp_path_factory.mktemp("eval_run") / "baseline"
-    config = run_config(engine_bench.benchmark, method="baseline", size="tiny", lr=1e-2, seed=0)
-    train_run(config, out, engine_bench.data_dir, progress=False)
+    run = resolve_run(engine_bench.benchmark, method="baseline", size="tiny", lr=1e-2, seed=0)
+    train([run], [out], engine_bench.data_dir, progress=False)
     return out
 
 
@@ -303,41 +303,3 @@ def test_diverged_run_is_not_evaluated(tmp_path):
     assert rec["status"] == "diverged" and rec["scores"] == {}
     rec = evaluate_runs([run], data_dir=tmp_path, tasks_dir=None, tasks=["stabench_cloze"], select="best")
     assert rec["status"] == "all_diverged" and rec["run_dir"] is None
-
-
-def test_eval_scores_join_runs_leaderboard_and_report(tmp_path):
-    import pandas as pd
-
-    from analysis.leaderboard import leaderboard
-    from analysis.report import _eval_html
-    from analysis.runs import collect_runs, join_evals
-    from analysis.sensitivity import score
-    metrics = []
-    for method in ("a", "b"):
-        for size in ("s1", "s2"):
-            for lr, loss in ((1e-3, 5.0), (1e-2, 4.0)):
-                d = tmp_path / method / size / f"lr{lr:g}"
-                d.mkdir(parents=True)
-                (d / "metrics.json").write_text(json.dumps({
-                    "method": method, "size": size, "lr": lr, "seed": 0, "init_loss": 6.0,
-                    "final_val_loss": loss + (0.5 if method == "b" else 0), "diverged": False}))
-                metrics.append(d / "metrics.json")
-    evals = []
-    for method, acc in (("a", 0.5), ("b", 0.25)):
-        for size in ("s1", "s2"):
-            p = tmp_path / f"{method}-{size}.json"
-            p.write_text(json.dumps({
-                "status": "evaluated", "method": method, "size": size, "lr": 1e-2, "seed": 0,
-                "candidates": [{"lr": 1e-3, "seed": 0, "diverged": False}, {"lr": 1e-2, "seed": 0, "diverged": False}],
-                "tasks": {"lambada_openai": {"status": "skipped", "reason": "offline"}},
-                "scores": {"stabench_cloze/acc": acc + (0.1 if size == "s2" else 0), "stabench_cloze/init_acc": 0.0}}))
-            evals.append(p)
-    runs = join_evals(collect_runs(metrics), evals)
-    assert list(runs["eval_status"]).count("evaluated") == 4 and list(runs["eval_status"]).count("not selected") == 4
-    assert runs["eval/stabench_cloze/acc"].notna().sum() == 4
-    board = leaderboard(score(runs), ["s1", "s2"], runs=runs)
-    assert board.set_index("method")["eval/stabench_cloze/acc"].to_dict() == pytest.approx({"a": 0.6, "b": 0.35})
-    assert "eval/stabench_cloze/init_acc" not in board
-    html = _eval_html(runs)
-    assert "Zero-shot evaluation" in html and "lambada_openai: offline" in html and "init acc" in html
-    assert pd.isna(runs.loc[runs["eval_status"] == "not selected", "eval/stabench_cloze/acc"]).all()

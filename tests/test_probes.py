@@ -1,5 +1,7 @@
-"""Probes of gradient RMS, Adam's update RMS and second moment (stabench.probes), and the loss
-spike count (stabench.spikes), each against a hand computation on a tiny model."""
+"""Probes (stabench.probes) on a two-member ensemble: gradient RMS, the update rule's update
+RMS and Adam's second moment, attention and output logits, each per member against a hand
+computation; run_probes' rows and the families the report draws from; and the loss spike
+count (stabench.spikes) on per-step losses."""
 
 from __future__ import annotations
 
@@ -8,81 +10,92 @@ import math
 import pytest
 import torch
 
+from stabench.contract import Context, Probe, ProbeFamily
+from stabench.ensemble import Ensemble
 from stabench.model import GPT
-from stabench.probes import PROBES, ProbeContext, run_probes
-from stabench.spikes import count_loss_spikes, history_spikes, spike_steps
+from stabench.probes import PROBES, all_probes, families, run_probes
+from stabench.spikes import count_loss_spikes, loss_spikes, spike_steps
+from stabench.update import AdamW, Optimizer, OptimizerView
 
 B1, B2 = 0.9, 0.95
+K = 2
 MATRICES = {"tok_emb.weight", "pos_emb.weight", "head.weight"} | {
     f"blocks.0.{s}.weight" for s in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.up", "mlp.down")}
+LR = torch.tensor([1e-3, 3e-3])
+CONFIG = {"lr": 1e-3, "optimizer": {"betas": [B1, B2], "eps": 1e-8, "weight_decay": 0.1, "decay_mode": "coupled"},
+          "probes": {"curvature_every": 0}}
 
 
-def tiny_model() -> GPT:
-    torch.manual_seed(0)
-    return GPT(vocab_size=64, seq_len=8, d_model=16, n_layers=1, n_heads=2)
+def tiny_ensemble() -> Ensemble:
+    members = []
+    for seed in range(K):
+        torch.manual_seed(seed)
+        members.append(GPT(vocab_size=64, seq_len=8, d_model=16, n_layers=1, n_heads=2))
+    return Ensemble(members)
 
 
-def make_optimizer(model: GPT, impl: str) -> torch.optim.Optimizer:
-    """AdamW with two groups: matrices (eps 1e-8) and the rest (eps 1e-2, so eps matters)."""
-    named = dict(model.named_parameters())
-    groups = [{"params": [named[n] for n in sorted(MATRICES)], "eps": 1e-8},
-              {"params": [p for n, p in named.items() if n not in MATRICES], "eps": 1e-2}]
-    kwargs = {"fused": True} if impl == "fused" else {"foreach": False}
-    try:
-        return torch.optim.AdamW(groups, lr=1e-3, betas=(B1, B2), weight_decay=0.1, **kwargs)
-    except (RuntimeError, ValueError) as exc:  # pragma: no cover - fused AdamW not on this build
-        pytest.skip(f"AdamW {impl}: {exc}")
+def make_optimizer(ensemble: Ensemble, rule=None) -> Optimizer:
+    """Matrices with eps 1e-8, the rest (norm gains) with eps 1e-2, so eps matters there."""
+    options = {n: {"eps": 1e-2} for n in ensemble.names if n not in MATRICES}
+    configs = [{**CONFIG, "lr": float(lr)} for lr in LR]
+    return Optimizer(ensemble, rule or AdamW(), configs, [options] * K)
 
 
-def set_grads(model: GPT, seed: int) -> dict[str, torch.Tensor]:
+def set_grads(ensemble: Ensemble, seed: int) -> dict[str, torch.Tensor]:
+    """Random gradients (K, ...) of size ~1e-2 (the eps of the second group)."""
     g = torch.Generator().manual_seed(seed)
-    grads = {}
-    for name, p in model.named_parameters():
-        grads[name] = torch.randn(p.shape, generator=g) * 1e-2  # ~eps of the second group
-        p.grad = grads[name].clone()
-    return grads
+    grad = torch.randn(ensemble.grad.shape, generator=g) * 1e-2
+    ensemble.grad.copy_(grad)
+    return {n: ensemble.view(grad, n).clone() for n in ensemble.names}
 
 
-def context(model, optimizer, step=2) -> ProbeContext:
-    logits = torch.zeros(1, 8, 64)
-    return ProbeContext(step=step, tokens=0, lr=1e-3, loss=torch.tensor(4.0), grad_norm=None, model=model,
-                        optimizer=optimizer, logits=logits, config={})
+def context(ensemble, optimizer, step=2, **kw) -> Context:
+    logits = [torch.zeros(1, 8, 64) for _ in range(K)]
+    return Context(step=step, tokens=0, config=CONFIG, model=ensemble.model, peak_lrs=tuple(LR.tolist()),
+                   seeds=tuple(range(K)), lr=LR, loss=torch.tensor([4.0, 5.0]), grad_norm=torch.tensor([1.0, 2.0]),
+                   optimizer=OptimizerView(optimizer, LR) if optimizer else None, cache={"member_logits": logits},
+                   targets=torch.zeros(1, 1, 8, dtype=torch.long), **kw)
 
 
-@pytest.fixture(params=["fused", "for-loop"])
-def stepped(request):
-    """A tiny model after two AdamW steps with known gradients g1, g2; p.grad holds g2."""
-    model = tiny_model()
-    optimizer = make_optimizer(model, request.param)
-    g1 = set_grads(model, 1)
-    optimizer.step()
-    g2 = set_grads(model, 2)
-    optimizer.step()
-    return model, optimizer, g1, g2
+@pytest.fixture
+def stepped():
+    """A tiny two-member ensemble after two AdamW steps with known gradients g1, g2; the
+    ensemble's gradients hold g2."""
+    ensemble = tiny_ensemble()
+    optimizer = make_optimizer(ensemble)
+    g1 = set_grads(ensemble, 1)
+    optimizer.step(LR)
+    g2 = set_grads(ensemble, 2)
+    optimizer.step(LR)
+    return ensemble, optimizer, g1, g2
 
 
 def rms(t: torch.Tensor) -> float:
     return t.double().pow(2).mean().sqrt().item()
 
 
-def test_grad_rms_per_matrix(stepped):
-    model, optimizer, _, g2 = stepped
-    row = PROBES["grad_rms"](context(model, optimizer))
-    per_layer = {k.removeprefix("grad_rms/"): v.item() for k, v in row.items() if k.startswith("grad_rms/")}
+def test_grad_rms_per_matrix_and_member(stepped):
+    ensemble, optimizer, _, g2 = stepped
+    row = PROBES["grad_rms"].fn(context(ensemble, optimizer))
+    per_layer = {k.removeprefix("grad_rms/"): v for k, v in row.items() if k.startswith("grad_rms/")}
     assert set(per_layer) == MATRICES  # LayerNorm gains are not matrices
     for name, value in per_layer.items():
-        assert value == pytest.approx(rms(g2[name]), rel=1e-5)
-    assert row["grad_rms_mean"].item() == pytest.approx(sum(rms(g2[n]) for n in MATRICES) / len(MATRICES), rel=1e-5)
+        assert value.shape == (K,)
+        for k in range(K):
+            assert value[k].item() == pytest.approx(rms(g2[name][k]), rel=1e-5)
+    for k in range(K):
+        want = sum(rms(g2[n][k]) for n in MATRICES) / len(MATRICES)
+        assert row["grad_rms_mean"][k].item() == pytest.approx(want, rel=1e-5)
 
 
-def test_grad_rms_skips_missing_grads(stepped):
-    model, optimizer, *_ = stepped
-    model.head.weight.grad = None
-    row = PROBES["grad_rms"](context(model, optimizer))
+def test_grad_rms_skips_locked_parameters(stepped):
+    ensemble, optimizer, *_ = stepped
+    ensemble.params["head.weight"].requires_grad_(False)
+    row = PROBES["grad_rms"].fn(context(ensemble, optimizer))
     assert "grad_rms/head.weight" not in row and "grad_rms/blocks.0.mlp.up.weight" in row
-    for p in model.parameters():
-        p.grad = None
-    assert PROBES["grad_rms"](context(model, optimizer)) == {}
+    for p in ensemble.params.values():
+        p.requires_grad_(False)
+    assert PROBES["grad_rms"].fn(context(ensemble, optimizer)) == {}
 
 
 def manual_adam(g1, g2, eps):
@@ -95,72 +108,127 @@ def manual_adam(g1, g2, eps):
 
 
 def test_update_rms_matches_manual_adam(stepped):
-    model, optimizer, g1, g2 = stepped
-    row = PROBES["update_rms"](context(model, optimizer))
-    per_layer = {k.removeprefix("update_rms/"): v.item() for k, v in row.items() if k.startswith("update_rms/")}
+    ensemble, optimizer, g1, g2 = stepped
+    row = PROBES["update_rms"].fn(context(ensemble, optimizer))
+    per_layer = {k.removeprefix("update_rms/"): v for k, v in row.items() if k.startswith("update_rms/")}
     assert set(per_layer) == MATRICES
-    want = {n: rms(manual_adam(g1[n], g2[n], 1e-8)[0]) for n in MATRICES}
-    for name in MATRICES:
-        assert per_layer[name] == pytest.approx(want[name], rel=1e-5)
-        assert per_layer[name] != pytest.approx(rms(g2[name] / (g2[name].abs() + 1e-8)), rel=1e-3)  # not 1 step
-    assert row["update_rms_mean"].item() == pytest.approx(sum(want.values()) / len(want), rel=1e-5)
+    for k in range(K):
+        want = {n: rms(manual_adam(g1[n][k], g2[n][k], 1e-8)[0]) for n in MATRICES}
+        for name in MATRICES:
+            assert per_layer[name][k].item() == pytest.approx(want[name], rel=1e-5)
+            not_one_step = rms(g2[name][k] / (g2[name][k].abs() + 1e-8))
+            assert per_layer[name][k].item() != pytest.approx(not_one_step, rel=1e-3)
+        assert row["update_rms_mean"][k].item() == pytest.approx(sum(want.values()) / len(want), rel=1e-5)
 
 
-def test_update_rms_uses_group_eps(stepped):
-    model, optimizer, g1, g2 = stepped
-    for group in optimizer.param_groups:
-        group["eps"] = 1e-2
-    row = PROBES["update_rms"](context(model, optimizer))
+def test_update_rms_uses_each_elements_eps(stepped):
+    ensemble, optimizer, g1, g2 = stepped
+    optimizer.eps = torch.full_like(optimizer.eps, 1e-2) if isinstance(optimizer.eps, torch.Tensor) else 1e-2
+    row = PROBES["update_rms"].fn(context(ensemble, optimizer))
     name = "blocks.0.attn.v.weight"
-    want = rms(manual_adam(g1[name], g2[name], 1e-2)[0])
-    assert row[f"update_rms/{name}"].item() == pytest.approx(want, rel=1e-5)
-    assert want < 0.7 * rms(manual_adam(g1[name], g2[name], 1e-8)[0])
+    for k in range(K):
+        want = rms(manual_adam(g1[name][k], g2[name][k], 1e-2)[0])
+        assert row[f"update_rms/{name}"][k].item() == pytest.approx(want, rel=1e-5)
+        assert want < 0.7 * rms(manual_adam(g1[name][k], g2[name][k], 1e-8)[0])
 
 
 def test_adam_second_moment_max_and_norm(stepped):
-    model, optimizer, g1, g2 = stepped
-    vs = [manual_adam(g1[n], g2[n], 0.0)[1] for n, _ in model.named_parameters()]  # every parameter
-    row = PROBES["adam_second_moment"](context(model, optimizer))
-    assert row["adam_v_max"].item() == pytest.approx(max(v.max().item() for v in vs), rel=1e-5)
-    assert row["adam_v_norm"].item() == pytest.approx(math.sqrt(sum(v.pow(2).sum().item() for v in vs)), rel=1e-5)
+    ensemble, optimizer, g1, g2 = stepped
+    row = PROBES["adam_second_moment"].fn(context(ensemble, optimizer))
+    for k in range(K):
+        vs = [manual_adam(g1[n][k], g2[n][k], 0.0)[1] for n in ensemble.names]  # every parameter
+        assert row["adam_v_max"][k].item() == pytest.approx(max(v.max().item() for v in vs), rel=1e-5)
+        assert row["adam_v_norm"][k].item() == pytest.approx(math.sqrt(sum(v.pow(2).sum().item() for v in vs)),
+                                                             rel=1e-5)
 
 
-def test_run_probes_returns_floats(stepped):
-    model, optimizer, *_ = stepped
-    row = run_probes(context(model, optimizer))
-    for key in ("grad_rms_mean", "update_rms_mean", "adam_v_max", "adam_v_norm",
-                "grad_rms/blocks.0.attn.q.weight", "update_rms/head.weight"):
-        assert isinstance(row[key], float) and math.isfinite(row[key]) and row[key] > 0, key
+def test_run_probes_returns_a_row_of_floats_per_member(stepped):
+    ensemble, optimizer, *_ = stepped
+    ctx = context(ensemble, optimizer)
+    ctx.cache["attn_logit_max"] = torch.tensor([[3.0, 5.0]])  # (layers, K) from the step's forward
+    rows, owner = run_probes(ctx, all_probes({}))
+    assert len(rows) == K
+    for k, row in enumerate(rows):
+        assert row["step"] == 2 and row["tokens"] == 0
+        for key in ("grad_rms_mean", "update_rms_mean", "adam_v_max", "adam_v_norm", "loss", "lr", "grad_norm",
+                    "grad_rms/blocks.0.attn.q.weight", "update_rms/head.weight", "log_z_mean", "attn_logit_max"):
+            assert isinstance(row[key], float) and math.isfinite(row[key]), key
+        assert row["lr"] == pytest.approx(float(LR[k])) and row["loss"] == [4.0, 5.0][k]
+        assert row["attn_logit_max_l0"] == row["attn_logit_max"] == [3.0, 5.0][k]
+        assert row["log_z_mean"] == pytest.approx(math.log(64))  # zero logits: log Z = log V
+    assert owner["grad_norm"] == "train" and owner["adam_v_max"] == "adam_second_moment"
+    assert "lambda_max" not in rows[0]  # curvature is off (curvature_every 0)
 
 
-class Wrapped:
-    """Like Accelerate's AcceleratedOptimizer: the real optimizer is ``.optimizer``."""
-
-    def __init__(self, optimizer):
-        self.optimizer = optimizer
-
-
-def test_probes_see_through_a_wrapper(stepped):
-    model, optimizer, *_ = stepped
-    direct = PROBES["update_rms"](context(model, optimizer))
-    wrapped = PROBES["update_rms"](context(model, Wrapped(optimizer)))
-    assert direct.keys() == wrapped.keys() and len(direct) == len(MATRICES) + 1
-    assert "adam_v_max" in PROBES["adam_second_moment"](context(model, Wrapped(optimizer)))
+def test_scalar_probe_values_go_to_every_member(stepped):
+    ensemble, optimizer, *_ = stepped
+    extra = {"const": Probe(lambda ctx: {"const": 7.0, "zero_dim": torch.tensor(2.5)})}
+    rows, owner = run_probes(context(ensemble, optimizer), extra)
+    assert [r["const"] for r in rows] == [7.0, 7.0] and [r["zero_dim"] for r in rows] == [2.5, 2.5]
+    assert owner == {"const": "const", "zero_dim": "const"}
 
 
-def test_other_optimizers_are_skipped():
-    model = tiny_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    set_grads(model, 1)
-    optimizer.step()
-    ctx = context(model, optimizer, step=1)
-    assert PROBES["update_rms"](ctx) == {}
-    assert PROBES["adam_second_moment"](ctx) == {}
-    assert "grad_rms_mean" in PROBES["grad_rms"](ctx)
-    # before the first step Adam has no state: no columns, no error
-    fresh = torch.optim.AdamW(model.parameters())
-    assert PROBES["update_rms"](context(model, fresh)) == {}
-    assert PROBES["adam_second_moment"](context(model, fresh)) == {}
+def test_families_come_from_the_declarations(stepped):
+    ensemble, optimizer, *_ = stepped
+    extra = {"mine": Probe(lambda ctx: {"a": 1.0, "b": 2.0}, ProbeFamily("my family", log_y=True, headline="a",
+                                                                           threshold=3.0)),
+             "plain": Probe(lambda ctx: {"c": 1.0})}
+    probes = all_probes(extra)
+    _, owner = run_probes(context(ensemble, optimizer), probes)
+    fam = families(probes, owner)
+    assert fam["mine"] == {"title": "my family", "log_y": True, "headline": "a", "threshold": 3.0, "columns": ["a", "b"]}
+    assert "plain" not in fam and fam["train"]["columns"] == ["loss", "lr", "grad_norm"]
+    assert fam["grad_rms"]["headline"] == "grad_rms_mean"
+    assert "curvature" not in fam  # off: it wrote no column
+    with pytest.raises(ValueError, match="taken by the engine"):
+        all_probes({"grad_rms": Probe(lambda ctx: {})})
+
+
+class NoState:
+    """An update rule without a direction or a second moment."""
+
+    state_names = ("exp_avg",)
+
+    def update(self, param, grad, state, h):
+        state["exp_avg"].lerp_(grad, 1 - h.betas[0])
+        param.sub_(h.lr * state["exp_avg"])
+
+    def direction(self, state, h):
+        return None
+
+    def preconditioner(self, state, h):
+        return None
+
+
+def test_rules_without_direction_or_second_moment_are_skipped():
+    ensemble = tiny_ensemble()
+    optimizer = make_optimizer(ensemble, NoState())
+    set_grads(ensemble, 1)
+    optimizer.step(LR)
+    ctx = context(ensemble, optimizer, step=1)
+    assert PROBES["update_rms"].fn(ctx) == {}
+    assert PROBES["adam_second_moment"].fn(ctx) == {}
+    assert "grad_rms_mean" in PROBES["grad_rms"].fn(ctx)
+    # before the first step a rule has no state: no columns, no error
+    fresh = tiny_ensemble()
+    ctx = context(fresh, make_optimizer(fresh))
+    assert PROBES["update_rms"].fn(ctx) == {} and PROBES["adam_second_moment"].fn(ctx) == {}
+    assert PROBES["update_rms"].fn(context(fresh, None)) == {}
+
+
+def test_output_logits_probe_per_member():
+    ensemble = tiny_ensemble()
+    g = torch.Generator().manual_seed(0)
+    logits = [torch.randn(2, 8, 64, generator=g) * (k + 1) for k in range(K)]
+    ctx = Context(step=1, tokens=0, config=CONFIG, model=ensemble.model, peak_lrs=(1e-3, 3e-3), seeds=(0, 1),
+                  cache={"member_logits": logits}, targets=torch.zeros(1, 2, 8, dtype=torch.long))
+    row = PROBES["output_logits"].fn(ctx)
+    for k, x in enumerate(logits):
+        log_z = torch.logsumexp(x, -1)
+        assert row["log_z_mean"][k].item() == pytest.approx(log_z.mean().item(), rel=1e-5)
+        assert row["log_z_std"][k].item() == pytest.approx(log_z.std().item(), rel=1e-5)
+        assert row["logit_spread"][k].item() == pytest.approx(x.std(dim=-1).mean().item(), rel=1e-5)
+    assert PROBES["attention_logits"].fn(ctx) == {}  # no capture in this forward
 
 
 # ---- loss spikes --------------------------------------------------------------------------
@@ -187,9 +255,11 @@ def test_count_loss_spikes_edges():
     assert count_loss_spikes([3.0, 2.0, 1.0], 1, 1.1) == 0  # falling loss: no spikes
     with pytest.raises(ValueError):
         count_loss_spikes([1.0], 0, 1.1)
+    with pytest.raises(ValueError):
+        spike_steps([1.0, 2.0], 2, 1.5, steps=[1])
 
 
-def test_history_spikes_reads_loss_rows():
-    history = [{"step": 0, "val_loss": 6.0}] + [{"step": 10 * (i + 1), "loss": x} for i, x in enumerate(LOSSES)]
-    got = history_spikes(history, {"spike_window": 2, "spike_factor": 1.5})
-    assert got == {"loss_spikes": 3, "loss_spike_steps": [40, 60, 80]}
+def test_loss_spikes_are_named_by_step():
+    steps = list(range(1, len(LOSSES) + 1))
+    got = loss_spikes(steps, LOSSES, {"spike_window": 2, "spike_factor": 1.5})
+    assert got == {"loss_spikes": 3, "loss_spike_steps": [4, 6, 8]}

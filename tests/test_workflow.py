@@ -1,30 +1,99 @@
 """The workflow end to end through the real Snakemake CLI, in temporary folders.
 
 The smoke benchmark runs for real once per session (about a minute on 2 cores); the other
-tests reuse its results or use dry runs, so the suite stays fast.
+tests reuse its results, use dry runs, or train a few runs of a few steps, so the suite
+stays fast. Packing is the default (one train_pack job per (method, size)); ``--config
+pack=0`` trains run by run (one train job per run).
 """
 
 from __future__ import annotations
 
+import ast
+import base64
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
 
+_ENV: dict[str, str] = {}
+
+
+def snakemake_env() -> dict[str, str]:
+    """The environment of the Snakemake subprocesses. When loaded, the SLURM executor plugin
+    asks ``scontrol show config`` for the cluster's settings; where SLURM's tools are installed
+    but no controller answers, that waits 9 s in every Snakemake call. No test talks to a
+    cluster (the SLURM profile is only dry-run), so an ``scontrol`` that fails at once goes
+    first on the PATH."""
+    if not _ENV:
+        shim = Path(tempfile.mkdtemp(prefix="stabench-test-bin-"))
+        (shim / "scontrol").write_text("#!/bin/sh\necho 'no SLURM controller in the tests' >&2\nexit 1\n")
+        (shim / "scontrol").chmod(0o755)
+        _ENV.update(os.environ, PATH=f"{shim}{os.pathsep}{os.environ.get('PATH', '')}")
+    return _ENV
+
+
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args],
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, env=snakemake_env())
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
+
+
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """The dry run's job stats table: rule -> number of jobs."""
+    return {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+            if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+
+def job_wildcards(proc: subprocess.CompletedProcess, rule: str) -> list[dict[str, str]]:
+    """The wildcards of every job of ``rule`` that a dry run lists."""
+    out = []
+    for block in (proc.stdout + proc.stderr).split(f"rule {rule}:")[1:]:
+        match = re.search(r"wildcards: (.*)", block)
+        out.append(dict(part.split("=", 1) for part in match.group(1).split(", ")))
+    return out
+
+
+def smoke_bench() -> dict:
+    return yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+
+
+def metadata(workdir: Path) -> dict[str, dict]:
+    """Snakemake's record of every output it made: output path -> its metadata (rule, params)."""
+    root = workdir / ".snakemake" / "metadata"
+    records = {}
+    for path in root.rglob("*"):
+        if path.is_file():
+            encoded = "".join(path.relative_to(root).parts)
+            records[base64.urlsafe_b64decode(encoded).decode()] = json.loads(path.read_text())
+    return records
+
+
+def param_identities(record: dict) -> list[str]:
+    """The run identities among a train or train_pack job's recorded params."""
+    for text in record["params"]:
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            continue
+        values = value if isinstance(value, list) else [value]
+        if values and all(isinstance(v, str) and re.fullmatch(r"[0-9a-f]{16}", v) for v in values):
+            return values
+    raise AssertionError(f"no identities in params {record['params']}")
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +112,13 @@ def test_smoke_benchmark_leaderboard_and_report(smoke_results):
     runs = pd.read_csv(results / "runs.csv")
     assert len(runs) == n_runs
     assert (runs["final_val_loss"] < runs["init_loss"]).any(), "no run learned anything"
+    # packing is the default: each (method, size) trained its LRs as one ensemble
+    for metrics_path in (results / "runs").rglob("metrics.json"):
+        metrics = json.loads(metrics_path.read_text())
+        assert metrics["packed_with"] == len(bench["learning_rates"]) or metrics["diverged"], metrics_path
+        losses = pd.read_csv(metrics_path.parent / "losses.csv")
+        assert list(losses["step"]) == list(range(1, metrics["steps"] + 1))
+    assert len(list((results / "logs" / "train").rglob("pack.log"))) == len(bench["methods"]) * len(bench["sizes"])
 
     board = pd.read_csv(results / "leaderboard.csv")
     for column in ("rank", "method", "lr_sensitivity", "best_loss", "best_lr", "diverged"):
@@ -58,7 +134,8 @@ def test_smoke_benchmark_leaderboard_and_report(smoke_results):
     html = (results / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 5
     assert "http://" not in html and "https://" not in html.replace('xmlns="http', "")
-    positions = [html.index(m) for m in board["method"]]
+    table = html[html.index('<table id="leaderboard"'):]  # claims above it name methods too
+    positions = [table.index(m) for m in board["method"]]
     assert positions == sorted(positions), "leaderboard in the report is not in rank order"
     assert "Wortsman" in html  # the methods' docstrings are in the report
     assert "git commit" in html.lower()
@@ -82,20 +159,44 @@ def test_second_run_does_nothing(smoke_results):
 
 
 def test_adding_a_method_trains_only_its_runs(smoke_results, tmp_path):
+    """Add a method to the benchmark (here: a ./benchmarks/smoke.yaml of the working folder, which
+    is looked in before the shipped benchmarks): only the new method's runs train."""
     bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
     bench["methods"].append("z_loss")
-    path = smoke_results / "smoke_plus.yaml"
-    path.write_text(yaml.safe_dump(bench))
-    proc = snakemake(smoke_results, "-n", "--cores", "2", "--config", f"benchmark={path}")
-    jobs = dict(line.split()[:2] for line in proc.stdout.splitlines()
-                if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert int(jobs["train"]) == len(bench["sizes"]) * len(bench["learning_rates"])
-    assert "prepare_data" not in jobs
+    path = smoke_results / "benchmarks" / "smoke.yaml"
+    path.parent.mkdir()
+    try:
+        path.write_text(yaml.safe_dump(bench))
+        proc = snakemake(smoke_results, "-n", "--cores", "2", "--config", "benchmark=smoke")
+    finally:
+        shutil.rmtree(path.parent)
+    jobs = job_counts(proc)
+    assert jobs["train_pack"] == len(bench["sizes"])  # one pack per size, of the new method only
+    assert {w["method"] for w in job_wildcards(proc, "train_pack")} == {"z_loss"}
+    assert "prepare_data" not in jobs and "train" not in jobs
 
 
 def test_snakemake_report_works(smoke_results):
     snakemake(smoke_results, "--config", "benchmark=smoke", "--report", "smk_report.html")
     assert (smoke_results / "smk_report.html").stat().st_size > 10_000
+
+
+def test_snakemake_params_are_the_checkpoint_identity(smoke_results):
+    """The identity Snakemake recorded for each run (its train job's params) is the identity in
+    the run's checkpoint and metrics: one definition for both."""
+    results = smoke_results / "results" / "smoke"
+    records = metadata(smoke_results)
+    run_dirs = sorted(p.parent for p in (results / "runs").rglob("metrics.json"))
+    assert len(run_dirs) == 2 * 2 * 3
+    for run_dir in run_dirs:
+        rel = run_dir.relative_to(smoke_results).as_posix()
+        record = records[f"{rel}/metrics.json"]
+        assert record["rule"] == "train_pack"
+        members = re.findall(r"--run (\S+)", record["shellcmd"])
+        index = [m.split(":", 2)[2] for m in members].index(rel)
+        identity = param_identities(record)[index]
+        checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
+        assert identity == checkpoint["identity"] == json.loads((run_dir / "metrics.json").read_text())["identity"]
 
 
 def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
@@ -106,7 +207,7 @@ def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
         'VERSION = "0"\n'
         'def transform_model(model, config, args):\n'
         '    raise RuntimeError("deliberate crash for the test")\n')
-    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    bench = smoke_bench()
     bench.update(name="crashy", methods=["baseline", "crashes"], learning_rates=[1e-2, 1e4],
                  sizes={"t16": bench["sizes"]["t16"]})
     bench["train"].update(steps=20)
@@ -119,8 +220,9 @@ def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
     ok = json.loads((runs / "baseline" / "t16" / "lr0.01-s0" / "metrics.json").read_text())
     diverged = json.loads((runs / "baseline" / "t16" / "lr10000-s0" / "metrics.json").read_text())
     assert not ok["diverged"] and diverged["diverged"]
+    assert ok["packed_with"] == diverged["packed_with"] == 2  # it left the pack; the other finished
     assert not (runs / "crashes" / "t16" / "lr0.01-s0" / "metrics.json").exists()
-    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "lr0.01-s0.log"
+    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "pack.log"
     assert "deliberate crash for the test" in log.read_text()
 
     # Without the crashing method the same grid completes, and the diverged run is scored.
@@ -132,7 +234,7 @@ def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
 
 
 def test_bad_benchmark_is_a_one_line_error(tmp_path):
-    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    bench = smoke_bench()
     bench["learning_rates"] = ["abc"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bench))
@@ -142,8 +244,39 @@ def test_bad_benchmark_is_a_one_line_error(tmp_path):
     assert lines and "'abc'" in lines[0] and "Traceback" not in proc.stderr
 
 
+def test_duplicate_lrs_are_a_one_line_error_naming_both(tmp_path):
+    bench = smoke_bench()
+    bench["learning_rates"] = [1.0e-3, 1.0e-2, 0.001]
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "learning_rates" in line]
+    assert len(lines) == 1 and "0.001 and 0.001" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("pack", ["1", "0"])
+def test_exact_lrs_make_distinct_runs_with_exact_floats(tmp_path, pack):
+    bench = smoke_bench()
+    bench["learning_rates"] = [1e-3, 1.0000001e-3, 3.16227766e-3]
+    bench["methods"] = ["baseline"]
+    path = tmp_path / "exact.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", f"benchmark={path}", f"pack={pack}")
+    out = proc.stdout + proc.stderr
+    folders = set(re.findall(r"runs/baseline/t16/(lr[^/\s]+-s0)/metrics.json", out))
+    assert folders == {"lr0.001-s0", "lr0.0010000001-s0", "lr0.00316227766-s0"}
+    if pack == "1":
+        assert "--run 0.00316227766:0:results/smoke/runs/baseline/t16/lr0.00316227766-s0" in out
+        assert job_counts(proc)["train_pack"] == 2
+    else:
+        assert "--lr 0.00316227766 " in out and "--lr 0.0010000001 " in out
+        assert job_counts(proc)["train"] == 6
+    assert "0.00316228" not in out
+
+
 def test_unknown_method_in_benchmark_names_it(tmp_path):
-    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    bench = smoke_bench()
     bench["methods"] = ["baseline", "qk_layrnorm"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(bench))
@@ -154,20 +287,37 @@ def test_unknown_method_in_benchmark_names_it(tmp_path):
 
 def test_cpu_benchmark_dry_run(tmp_path):
     bench = yaml.safe_load((REPO / "benchmarks" / "cpu.yaml").read_text())
-    proc = snakemake(tmp_path, "-n", "--cores", "2")  # the default benchmark is cpu
-    jobs = dict(line.split()[:2] for line in proc.stdout.splitlines()
-                if len(line.split()) == 2 and line.split()[1].isdigit())
     n_grid = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"]) * len(bench.get("seeds", [0]))
-    assert int(jobs["train"]) == n_grid
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")  # the default benchmark is cpu, packed
+    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"])
+    assert "train" not in job_counts(proc)
+    assert (proc.stdout + proc.stderr).count("--run ") == n_grid
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=0")
+    assert job_counts(proc)["train"] == n_grid and "train_pack" not in job_counts(proc)
 
 
-def test_slurm_profile_dry_run_requests_gpus(tmp_path):
-    """The SLURM profile turns each train run into a job asking for its size's GPUs."""
-    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
-                     "--config", "benchmark=smoke", "gpus=1")
+def test_pack_zero_trains_run_by_run(tmp_path):
+    """--config pack=0: one train job per run, each `stabench train` with its exact LR."""
+    bench = smoke_bench()
+    n_runs = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"])
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", "benchmark=smoke", "pack=0")
+    assert job_counts(proc)["train"] == n_runs and "train_pack" not in job_counts(proc)
     out = proc.stdout + proc.stderr
-    train_blocks = [b for b in out.split("\n\n") if "rule train:" in b]
-    assert train_blocks and all("gpu=1" in b for b in train_blocks)
+    assert out.count("-m stabench train ") == n_runs and "train-pack" not in out
+    assert {(w["method"], w["size"], w["lr"]) for w in job_wildcards(proc, "train")} == {
+        (m, s, f"{lr:g}") for m in bench["methods"] for s in bench["sizes"] for lr in bench["learning_rates"]}
+
+
+@pytest.mark.parametrize("pack, rule", [("1", "train_pack"), ("0", "train")])
+def test_slurm_profile_dry_run_requests_gpus(tmp_path, pack, rule):
+    """The SLURM profile turns each train job into a job asking for its size's GPUs, with the
+    runtime and memory estimated from the benchmark (workflow/rules/resources.smk)."""
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                     "--config", "benchmark=smoke", "gpus=1", f"pack={pack}")
+    out = proc.stdout + proc.stderr
+    train_blocks = [b for b in out.split("\n\n") if f"rule {rule}:" in b]
+    assert train_blocks and all("gpu=1" in b and "runtime=" in b and "mem_mb=" in b for b in train_blocks)
+    assert "your_account" not in out  # no placeholder account: the plugin uses the user's default
     assert "--gpus 1" in out
 
 
@@ -176,14 +326,44 @@ def test_gpu_profile_dry_run_takes_pool_slots(tmp_path):
                      "--config", "benchmark=smoke", "gpus=1", "runs_per_gpu=4")
     out = proc.stdout + proc.stderr
     assert "gpu_slots=1" in out and "--gpus 1 --runs-per-gpu 4" in out
+    assert "--threads 2" in out
 
 
-def test_pack_mode_trains_each_method_and_size_in_one_job(tmp_path):
-    """--config pack=1: one train_pack job per (method, size), holding all its LRs and seeds."""
-    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", "benchmark=smoke", "pack=1")
-    jobs = dict(line.split()[:2] for line in proc.stdout.splitlines()
-                if len(line.split()) == 2 and line.split()[1].isdigit())
-    assert int(jobs["train_pack"]) == len(bench["methods"]) * len(bench["sizes"])
-    assert "train" not in jobs
-    assert (proc.stdout + proc.stderr).count("--run ") == len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"])
+# ---- one run identity: a new size retrains exactly what it changes ----------------------------
+
+WIDTH_RELATIVE = ["sp_per_layer_lr", "everett_mup", "eps_width_scaled", "mup_simple", "mup_full"]
+GROW_METHODS = ["baseline", "z_loss", *WIDTH_RELATIVE]
+
+
+def grow_targets(sizes: list[str]) -> list[str]:
+    return [f"results/grow/runs/{m}/{s}/lr{lr}-s0/metrics.json"
+            for m in GROW_METHODS for s in sizes for lr in ("0.001", "0.01")]
+
+
+def test_adding_a_smaller_size_retrains_exactly_the_runs_it_changes(tmp_path):
+    """Train a grid of one size (a few steps), add a smaller size: the dry run lists the new
+    size's jobs and, of the old size, exactly the width-relative methods' jobs (their base
+    width, hence their identity, changed); Snakemake's params are the runs' identities."""
+    bench = {"name": "grow", "data": {"source": "wiki-vital", "max_documents": 400, "vocab_size": 512},
+             "sizes": {"s32": {"d_model": 32, "n_layers": 1, "n_heads": 2}},
+             "train": {"steps": 3, "batch_size": 4, "seq_len": 16, "warmup_steps": 1, "eval_every": 3,
+                       "eval_windows": 4, "probe_every": 3, "checkpoint_every": 3},
+             "methods": GROW_METHODS, "learning_rates": [1.0e-3, 1.0e-2], "eval": {"runs": "none"}}
+    path = tmp_path / "grow.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    snakemake(tmp_path, "--cores", "2", *grow_targets(["s32"]), "--config", f"benchmark={path}")
+    records = metadata(tmp_path)
+    for method in GROW_METHODS:
+        record = records[f"results/grow/runs/{method}/s32/lr0.01-s0/metrics.json"]
+        state = torch.load(tmp_path / f"results/grow/runs/{method}/s32/lr0.01-s0/checkpoint.pt", weights_only=True)
+        assert param_identities(record)[1] == state["identity"], method
+    assert snakemake(tmp_path, "-n", "--cores", "2", *grow_targets(["s32"]), "--config", f"benchmark={path}") \
+        .stdout.count("rule train_pack:") == 0
+
+    bench["sizes"]["s16"] = {"d_model": 16, "n_layers": 1, "n_heads": 1}
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "--cores", "2", *grow_targets(["s32", "s16"]), "--config", f"benchmark={path}")
+    jobs = {(w["method"], w["size"]) for w in job_wildcards(proc, "train_pack")}
+    assert jobs == {(m, "s32") for m in WIDTH_RELATIVE} | {(m, "s16") for m in GROW_METHODS}
+    assert job_counts(proc)["train_pack"] == len(jobs)
+    assert "Params have changed" in proc.stdout + proc.stderr

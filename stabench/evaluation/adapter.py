@@ -17,11 +17,13 @@ How text becomes scores (all three request types share one scoring path):
 - A (context, continuation) pair is scored in windows of at most ``seq_len`` tokens: the
   continuation's tokens are all scored, and the context is left-truncated to what fits. A
   continuation longer than ``seq_len`` is scored in several windows, each with the longest
-  context that fits, so ``loglikelihood_rolling`` (context = the prefix token, continuation =
-  the whole text) is the same code path.
-- Windows are sorted by length (longest first), right-padded and run as one forward per batch;
-  padding on the right never changes a causal model's earlier logits. Log-softmax is taken in
-  float32 on the scored positions only.
+  context that fits (lm-eval's own models truncate such a continuation instead).
+  ``loglikelihood_rolling`` cuts the text into lm-eval's own rolling windows
+  (``get_rolling_token_windows`` + ``make_disjoint_window``, context length 1, as its models do)
+  and scores each as a pair.
+- Windows are batched by lm-eval's ``Collator`` (longest first), right-padded and run as one
+  forward per batch; padding on the right never changes a causal model's earlier logits.
+  Log-softmax is taken in float32 on the scored positions only.
 - ``generate_until`` is greedy: one forward per new token over the batch (right-padded, each
   row's own last position read), stopping at any ``until`` string, the end-of-document token or
   ``max_gen_toks``. There is no KV cache: these models are small and the context is short.
@@ -41,6 +43,8 @@ import torch.nn.functional as F
 import lm_eval.models  # noqa: F401
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from lm_eval.models.utils import Collator
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -178,28 +182,23 @@ class StabenchLM(TemplateLM):
     def _score_windows(self, windows: list[tuple[list[int], list[int]]], desc: str = "",
                        disable_tqdm: bool = True) -> list[tuple[float, bool]]:
         """(sum log p(targets), all targets greedy) per window, in input order, batched by length."""
-        order = sorted(range(len(windows)), key=lambda i: (-len(windows[i][0]), i))
-        results: list[tuple[float, bool] | None] = [None] * len(windows)
+        batches = Collator(windows, sort_fn=lambda w: (-len(w[0]), tuple(w[0])))
+        results: list[tuple[float, bool]] = []
         bar = tqdm(total=len(windows), desc=desc or "stabench loglikelihood", disable=disable_tqdm)
-        for b in range(0, len(order), self.batch_size):
-            idx = order[b:b + self.batch_size]
-            width = len(windows[idx[0]][0])  # longest first
-            batch = torch.zeros(len(idx), width, dtype=torch.long)
-            for row, i in enumerate(idx):
-                inp = windows[i][0]
+        for chunk in batches.get_batched(n=self.batch_size):
+            width = max(len(inp) for inp, _ in chunk)
+            batch = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, (inp, _) in enumerate(chunk):
                 batch[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
             logits = self.model(batch.to(self.device)[None])[0]  # a one-member ensemble: (B, T, V)
-            for row, i in enumerate(idx):
-                inp, targets = windows[i]
+            for row, (inp, targets) in enumerate(chunk):
                 n = len(targets)
                 logp = F.log_softmax(logits[row, len(inp) - n:len(inp)].float(), dim=-1)  # (n, V)
                 tgt = torch.tensor(targets, dtype=torch.long, device=logp.device)
-                ll = logp.gather(-1, tgt[:, None]).sum().item()
-                greedy = bool((logp.argmax(-1) == tgt).all().item())
-                results[i] = (ll, greedy)
-            bar.update(len(idx))
+                results.append((logp.gather(-1, tgt[:, None]).sum().item(), bool((logp.argmax(-1) == tgt).all().item())))
+            bar.update(len(chunk))
         bar.close()
-        return results  # type: ignore[return-value]
+        return batches.get_original(results)
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: ((context, continuation), context_tokens, continuation_tokens)."""
@@ -221,8 +220,16 @@ class StabenchLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each text, conditioned only on the end-of-document token."""
-        reqs = [(None, [self.prefix_token_id], self.tok_encode(req.args[0])) for req in requests]
-        answers = [ll for ll, _ in self._loglikelihood_tokens(reqs, disable_tqdm=disable_tqdm)]
+        pieces, owner = [], []
+        for i, req in enumerate(requests):
+            windows = get_rolling_token_windows(token_list=self.tok_encode(req.args[0]), prefix_token=self.prefix_token_id,
+                                                max_seq_len=self.max_length, context_len=1)
+            for context, continuation in map(make_disjoint_window, windows):
+                pieces.append((None, context, continuation))
+                owner.append(i)
+        answers = [0.0] * len(requests)
+        for i, (ll, _) in zip(owner, self._loglikelihood_tokens(pieces, disable_tqdm=disable_tqdm)):
+            answers[i] += ll
         for req, ll in zip(requests, answers):
             self.cache_hook.add_partial("loglikelihood_rolling", (req.args[0],), ll)
         return answers
@@ -240,18 +247,19 @@ class StabenchLM(TemplateLM):
                 log.warning("stabench model: sampling is not supported; decoding greedily")
             ids = self.tok_encode(context) or [self.prefix_token_id]
             items.append({"ids": ids, "until": until, "max_new": max_new})
-        order = sorted(range(len(items)), key=lambda i: (-len(items[i]["ids"]), i))
-        outputs: list[str] = [""] * len(items)
+        for i, item in enumerate(items):
+            item["index"] = i
+        batches = Collator(items, sort_fn=lambda it: (-len(it["ids"]), it["index"]))
+        outputs: list[str] = []
         bar = tqdm(total=len(items), desc="stabench generate_until", disable=disable_tqdm)
-        for b in range(0, len(order), self.batch_size):
-            batch = [items[i] for i in order[b:b + self.batch_size]]
+        for batch in batches.get_batched(n=self.batch_size):
             texts = self._greedy(batch)
-            for i, text in zip(order[b:b + self.batch_size], texts):
-                outputs[i] = text
-                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+            for item, text in zip(batch, texts):
+                self.cache_hook.add_partial("generate_until", requests[item["index"]].args, text)
+            outputs += texts
             bar.update(len(batch))
         bar.close()
-        return outputs
+        return batches.get_original(outputs)
 
     def _greedy(self, batch: list[dict]) -> list[str]:
         seqs = [list(it["ids"]) for it in batch]

@@ -1,71 +1,128 @@
-FIGURES = ["loss_vs_lr", "sensitivity_vs_size", "attn_logit_vs_lr", "loss_curves", "log_z",
-           "output_logit_divergence", "instability_prediction", "grad_rms_vs_size", "best_lr_vs_width",
-           "probes", "curvature"]
-TABLES = ["log_z_drift", "instability_prediction"]
+"""runs -> runs.csv -> scores, leaderboard, claims, figures -> report.html (analysis/)."""
+
+from analysis.catalog import FIGURES, TABLES, figure_file, table_file
+from analysis.settings import SettingsError, reference_of
+
+try:  # the reference method must be one of the benchmark's methods: say so before training
+    reference_of(BENCHMARK)
+except SettingsError as exc:
+    raise WorkflowError(str(exc)) from None
+
+REPO_DIR = Path(workflow.current_basedir).parent.parent
+# The analysis package's sources: a change in them reruns the analysis rules (not the training).
+ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.suffix in (".py", ".j2", ".css"))
+CLAIMS_DIR = str(REPO_DIR / "claims")
+CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
+
+# Seconds to a minute of pandas and matplotlib: never worth a cluster job.
+localrules: describe, aggregate, score, claims, figures, report
+
+
+rule describe:
+    """Method docstrings, provenance (versions, git commit, date) and the resolved benchmark
+    (defaults filled, analysis settings included); reruns when any run changes."""
+    input:
+        benchmark=BENCHMARK_FILE,
+        metrics=ALL_METRICS,
+    output:
+        docs=f"{RESULTS}/method_docs.json",
+        provenance=f"{RESULTS}/provenance.json",
+        benchmark=f"{RESULTS}/benchmark.yaml",
+    params:
+        python=PYTHON,
+        out=lambda wildcards, output: str(Path(output.benchmark).parent),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/describe.log",
+    shell:
+        "{params.python} -m stabench describe {input.benchmark} --out {params.out} > {log} 2>&1"
 
 
 rule aggregate:
-    """All runs' metrics (+ their zero-shot eval records) -> runs.csv (a row per run)."""
+    """All runs' metrics and histories (+ zero-shot eval records) -> runs.csv (a row per run,
+    with the benchmark's l0, effective losses and per-run probe statistics)."""
     input:
         metrics=ALL_METRICS,
         evals=EVALS,
+        benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
         f"{RESULTS}/runs.csv",
+    params:
+        python=PYTHON,
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/aggregate.log",
     shell:
-        "{PYTHON} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
-        " --runs-csv {output} > {log} 2>&1"
+        "{params.python} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
+        " --benchmark-yaml {input.benchmark} --runs-csv {output} > {log} 2>&1"
 
 
 rule score:
-    """runs.csv -> LR sensitivity per (method, size) and the ranked leaderboard."""
+    """runs.csv -> scores per (method, size) and the ranked leaderboard, with bootstrap intervals."""
     input:
-        rules.aggregate.output,
+        runs=rules.aggregate.output,
+        benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
         scores=f"{RESULTS}/scores.csv",
         leaderboard=report(f"{RESULTS}/leaderboard.csv", category="Leaderboard",
                            caption="../report/leaderboard.rst"),
     params:
-        sizes=" ".join(SIZES),
+        python=PYTHON,
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/score.log",
     shell:
-        "{PYTHON} -m analysis score --runs-csv {input} --sizes {params.sizes}"
+        "{params.python} -m analysis score --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
         " --scores-csv {output.scores} --leaderboard-csv {output.leaderboard} > {log} 2>&1"
 
 
+rule claims:
+    """runs.csv + the claim files -> claims.csv (a verdict per claim)."""
+    input:
+        runs=rules.aggregate.output,
+        benchmark=rules.describe.output.benchmark,
+        claims=sorted(str(p) for p in Path(CLAIMS_DIR).glob("*.yaml")),
+        code=ANALYSIS_CODE,
+    output:
+        report(f"{RESULTS}/claims.csv", category="Claims", caption="../report/claims.rst"),
+    params:
+        python=PYTHON,
+        claims_dir=lambda wildcards, input: str(Path(input.claims[0]).parent),
+    conda:
+        ENV
+    log:
+        f"{RESULTS}/logs/claims.log",
+    shell:
+        "{params.python} -m analysis claims --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
+        " --claims-dir {params.claims_dir} --claims-csv {output} > {log} 2>&1"
+
+
 rule figures:
-    """runs and scores -> the report's figures (seaborn PNGs)."""
+    """runs and scores -> the report's figures (seaborn PNGs) and prediction tables."""
     input:
         runs=rules.aggregate.output,
         scores=rules.score.output.scores,
+        benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
     output:
-        **{name: report(f"{RESULTS}/figures/{name}.png", category="Figures",
+        **{name: report(f"{RESULTS}/figures/{figure_file(name)}", category="Figures",
                         caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES},
-        **{f"table_{name}": f"{RESULTS}/figures/{name}.csv" for name in TABLES},
+        **{f"table_{name}": f"{RESULTS}/figures/{table_file(name)}" for name in TABLES},
     params:
-        sizes=" ".join(SIZES),
-        outdir=f"{RESULTS}/figures",
+        python=PYTHON,
+        outdir=lambda wildcards, output: str(Path(output[0]).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/figures.log",
     shell:
-        "{PYTHON} -m analysis figures --runs-csv {input.runs} --scores-csv {input.scores}"
-        " --sizes {params.sizes} --outdir {params.outdir} > {log} 2>&1"
-
-
-rule describe:
-    """Method docstrings, provenance (versions, git commit, date) and the resolved benchmark."""
-    input:
-        rules.aggregate.output,
-    output:
-        docs=f"{RESULTS}/method_docs.json",
-        provenance=f"{RESULTS}/provenance.json",
-        benchmark=f"{RESULTS}/benchmark.yaml",
-    log:
-        f"{RESULTS}/logs/describe.log",
-    shell:
-        "{PYTHON} -m stabench describe {BENCHMARK_FILE} --out {RESULTS} > {log} 2>&1"
+        "{params.python} -m analysis figures --runs-csv {input.runs} --scores-csv {input.scores}"
+        " --benchmark-yaml {input.benchmark} --outdir {params.outdir} > {log} 2>&1"
 
 
 rule report:
@@ -73,17 +130,26 @@ rule report:
     input:
         leaderboard=rules.score.output.leaderboard,
         runs=rules.aggregate.output,
+        claims=rules.claims.output,
         figures=rules.figures.output,
         docs=rules.describe.output.docs,
         provenance=rules.describe.output.provenance,
         benchmark=rules.describe.output.benchmark,
+        code=ANALYSIS_CODE,
+        captions=[f"{CAPTIONS_DIR}/{name}.rst" for name in FIGURES],
+        job_times=job_times(),
     output:
         report(f"{RESULTS}/report.html", category="Report", caption="../report/report.rst"),
     params:
-        figures_dir=f"{RESULTS}/figures",
+        python=PYTHON,
+        figures_dir=lambda wildcards, input: str(Path(input.figures[0]).parent),
+        captions_dir=lambda wildcards, input: str(Path(input.captions[0]).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/report.log",
     shell:
-        "{PYTHON} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
-        " --figures-dir {params.figures_dir} --benchmark-yaml {input.benchmark} --benchmark-name {NAME}"
-        " --method-docs {input.docs} --provenance {input.provenance} --out {output} > {log} 2>&1"
+        "{params.python} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
+        " --claims-csv {input.claims} --figures-dir {params.figures_dir} --captions-dir {params.captions_dir}"
+        " --benchmark-yaml {input.benchmark} --method-docs {input.docs} --provenance {input.provenance}"
+        " --job-times {input.job_times} --out {output} > {log} 2>&1"

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 from stabench.config import (ConfigError, inside, load_benchmark, method_specs, resolve_benchmark_path, results_dir,
@@ -17,6 +18,9 @@ from stabench.config import (ConfigError, inside, load_benchmark, method_specs, 
 from stabench.methods import MethodError, load_stack
 from stabench.runspec import lr_labels, resolve_run
 
+# The jobs read the benchmark as the user named it (a param, not an input file): editing the file
+# in place (adding a method) retrains exactly the runs whose identity (their own param) changes.
+BENCHMARK_ARG = str(config.get("benchmark", "cpu"))
 try:
     SETTINGS = workflow_settings(config)  # --config keys and values
     BENCHMARK_FILE = resolve_benchmark_path(SETTINGS["benchmark"])
@@ -70,8 +74,39 @@ wildcard_constraints:
     seed=r"\d+",
 
 
+ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
+DATA_DIR = f"{RESULTS}/data"
+
+
 def run_dir(method, size, lr, seed):
     return str(inside(f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}", RESULTS))
+
+
+def run_files(method, size, name):
+    """One file of every run of a (method, size): the outputs of its ensemble job."""
+    return [f"{run_dir(method, size, lr, seed)}/{name}" for lr in LRS for seed in SEEDS]
+
+
+def runs_of(method, size):
+    return [run_dir(method, size, lr, seed) for lr in LRS for seed in SEEDS]
+
+
+def job_times():
+    """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
+    train = ([f"{RESULTS}/benchmarks/train/{m}/{s}/pack.tsv" for m in METHODS for s in SIZES] if PACK else
+             [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
+              for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS])
+    evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
+             "all": [f"{RESULTS}/benchmarks/eval/{m}/{s}/lr{lr}-s{seed}.tsv"
+                     for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],
+             "none": []}[BENCHMARK["eval"]["runs"]]
+    return train + evals
+
+
+def pack_members(wildcards):
+    """--run LR:SEED:FOLDER arguments of a (method, size)'s ensemble job."""
+    return " ".join(f"--run {lr}:{seed}:{run_dir(wildcards.method, wildcards.size, lr, seed)}"
+                    for lr in LRS for seed in SEEDS)
 
 
 GRID = [(m, s, lr, seed) for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]

@@ -1,10 +1,15 @@
 rule prepare_data:
     """Corpus -> BPE tokenizer -> token arrays, once per benchmark."""
     output:
-        manifest=f"{RESULTS}/data/manifest.json",
+        manifest=f"{DATA_DIR}/manifest.json",
     params:
-        data=json.dumps(BENCHMARK["data"], sort_keys=True),
+        python=PYTHON,
+        benchmark=BENCHMARK_ARG,
+        data=json.dumps(BENCHMARK["data"], sort_keys=True),  # a change of the data settings rebuilds
+        out=lambda wc, output: str(Path(output.manifest).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/prepare_data.log",
     shell:
-        "{PYTHON} -m stabench prepare {BENCHMARK_FILE} --out {RESULTS}/data > {log} 2>&1"
+        "{params.python} -m stabench prepare {params.benchmark} --out {params.out} > {log} 2>&1"

@@ -12,11 +12,6 @@ EVAL = BENCHMARK["eval"]
 EVAL_PARAMS = json.dumps(EVAL, sort_keys=True)  # a change re-evaluates, it never retrains
 EVAL_TASKS_DIR = f"{RESULTS}/eval_tasks"
 
-
-def _runs_of(method, size):
-    return [run_dir(method, size, lr, seed) for lr in LRS for seed in SEEDS]
-
-
 if EVAL["runs"] == "best":
     EVALS = [f"{RESULTS}/eval/{m}/{s}.json" for m in METHODS for s in SIZES]
 elif EVAL["runs"] == "all":
@@ -32,11 +27,17 @@ rule build_eval_tasks:
     output:
         manifest=f"{EVAL_TASKS_DIR}/manifest.json",
     params:
+        python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=json.dumps({"n_examples": EVAL["n_examples"], "seed": EVAL["seed"], "builder": BUILDER_VERSION}),
+        data=lambda wc, input: str(Path(input.manifest).parent),
+        out=lambda wc, output: str(Path(output.manifest).parent),
+    conda:
+        ENV
     log:
         f"{RESULTS}/logs/build_eval_tasks.log",
     shell:
-        "{PYTHON} -m stabench build-tasks {BENCHMARK_FILE} --data {RESULTS}/data --out {EVAL_TASKS_DIR}"
+        "{params.python} -m stabench build-tasks {params.benchmark} --data {params.data} --out {params.out}"
         " --no-progress > {log} 2>&1"
 
 
@@ -44,43 +45,63 @@ rule evaluate:
     """The runs of one (method, size) -> evaluate only the best-LR one (a diverged grid: none)."""
     input:
         tasks=rules.build_eval_tasks.output.manifest,
-        metrics=lambda wc: [f"{d}/metrics.json" for d in _runs_of(wc.method, wc.size)],
+        data=rules.prepare_data.output.manifest,
+        metrics=lambda wc: [f"{d}/metrics.json" for d in runs_of(wc.method, wc.size)],
     output:
         f"{RESULTS}/eval/{{method}}/{{size}}.json",
     params:
+        python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=EVAL_PARAMS,
-        runs=lambda wc: " ".join(_runs_of(wc.method, wc.size)),
+        runs=lambda wc: " ".join(runs_of(wc.method, wc.size)),
+        data=lambda wc, input: str(Path(input.data).parent),
+        tasks_dir=lambda wc, input: str(Path(input.tasks).parent),
+        gpu=EVAL_GPU_ARGS,
     threads: TRAIN_THREADS
     resources:
         gpu=EVAL_GPUS,  # GPU workflows evaluate on a GPU (resources.smk)
         gpu_slots=EVAL_GPUS,
         runtime=eval_runtime,
         mem_mb=eval_mem,
+    conda:
+        ENV
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{method}}/{{size}}.tsv"
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}.log",
     shell:
-        "{PYTHON} -m stabench eval {BENCHMARK_FILE} --best --runs {params.runs} --data {RESULTS}/data"
-        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} {EVAL_GPU_ARGS} --no-progress > {log} 2>&1"
+        "{params.python} -m stabench eval {params.benchmark} --best --runs {params.runs} --data {params.data}"
+        " --tasks-dir {params.tasks_dir} --out {output} --threads {threads} {params.gpu} --no-progress > {log} 2>&1"
 
 
 rule eval_run:
     """One finished run -> its eval.json (a diverged run: status diverged, not evaluated)."""
     input:
         tasks=rules.build_eval_tasks.output.manifest,
+        data=rules.prepare_data.output.manifest,
         metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
     output:
         f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/eval.json",
     params:
+        python=PYTHON,
+        benchmark=BENCHMARK_ARG,
         settings=EVAL_PARAMS,
         run=lambda wc, input: str(Path(input.metrics).parent),
+        data=lambda wc, input: str(Path(input.data).parent),
+        tasks_dir=lambda wc, input: str(Path(input.tasks).parent),
+        gpu=EVAL_GPU_ARGS,
     threads: TRAIN_THREADS
     resources:
         gpu=EVAL_GPUS,  # GPU workflows evaluate on a GPU (resources.smk)
         gpu_slots=EVAL_GPUS,
         runtime=eval_runtime,
         mem_mb=eval_mem,
+    conda:
+        ENV
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.tsv"
     log:
         f"{RESULTS}/logs/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
     shell:
-        "{PYTHON} -m stabench eval {BENCHMARK_FILE} --runs {params.run} --data {RESULTS}/data"
-        " --tasks-dir {EVAL_TASKS_DIR} --out {output} --threads {threads} {EVAL_GPU_ARGS} --no-progress > {log} 2>&1"
+        "{params.python} -m stabench eval {params.benchmark} --runs {params.run} --data {params.data}"
+        " --tasks-dir {params.tasks_dir} --out {output} --threads {threads} {params.gpu} --no-progress > {log} 2>&1"

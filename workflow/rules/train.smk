@@ -1,12 +1,6 @@
 """Training: one job per (method, size) training its runs as one ensemble (the default), or with
---config pack=0 one job per run. Both call the same loop (stabench/loop.py)."""
-
-from snakemake.logging import logger
-
-
-def run_files(method, size, name):
-    return [f"{run_dir(method, size, lr, seed)}/{name}" for lr in LRS for seed in SEEDS]
-
+--config pack=0 one job per run. Both call the same loop (stabench/loop.py). Each job's wall
+time and peak memory go to results/<benchmark>/benchmarks/ (the report shows them per method)."""
 
 if not PACK:
 
@@ -20,8 +14,11 @@ if not PACK:
             history=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/history.csv",
             losses=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/losses.csv",
         params:
+            python=PYTHON,
+            benchmark=BENCHMARK_ARG,
             identity=lambda wc: run_identity(wc.method, wc.size, wc.lr, wc.seed),
             out=lambda wc, output: str(Path(output.metrics).parent),
+            data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
         threads: TRAIN_THREADS
         resources:
@@ -30,11 +27,15 @@ if not PACK:
             runtime=train_runtime,  # minutes and MB from the size and steps (resources.smk)
             mem_mb=train_mem,
             cpus_per_task=train_cpus,
+        conda:
+            ENV
+        benchmark:
+            f"{RESULTS}/benchmarks/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.tsv"
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
         shell:
-            "{PYTHON} -m stabench train {BENCHMARK_FILE} --method '{wildcards.method}' --size {wildcards.size}"
-            " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {RESULTS}/data"
+            "{params.python} -m stabench train {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
+            " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {params.data}"
             " --threads {threads} {params.gpu} > {log} 2>&1"
 
 
@@ -53,9 +54,11 @@ if PACK:
             history=run_files("{method}", "{size}", "history.csv"),
             losses=run_files("{method}", "{size}", "losses.csv"),
         params:
+            python=PYTHON,
+            benchmark=BENCHMARK_ARG,
             identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr in LRS for seed in SEEDS],
-            members=lambda wc: " ".join(f"--run {lr}:{seed}:{run_dir(wc.method, wc.size, lr, seed)}"
-                                        for lr in LRS for seed in SEEDS),
+            members=pack_members,
+            data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
         threads: TRAIN_THREADS
         resources:
@@ -64,8 +67,12 @@ if PACK:
             runtime=pack_runtime,
             mem_mb=pack_mem,
             cpus_per_task=train_cpus,
+        conda:
+            ENV
+        benchmark:
+            f"{RESULTS}/benchmarks/train/{{method}}/{{size}}/pack.tsv"
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/pack.log",
         shell:
-            "{PYTHON} -m stabench train-pack {BENCHMARK_FILE} --method '{wildcards.method}' --size {wildcards.size}"
-            " {params.members} --data {RESULTS}/data --threads {threads} {params.gpu} > {log} 2>&1"
+            "{params.python} -m stabench train-pack {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
+            " {params.members} --data {params.data} --threads {threads} {params.gpu} > {log} 2>&1"

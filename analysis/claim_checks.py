@@ -1,0 +1,235 @@
+"""How a claim is tested: which methods a claim means, what it needs, and the four tests.
+
+Verdict of one scope (a size, or across sizes) from the interval of the paired difference
+(compare) or of the slope (trend), at the benchmark's confidence:
+    lower / decreasing   supported if the interval lies below 0, contradicted if above 0
+    higher / increasing  the mirror image
+    equivalent           supported if it lies within +-margin, contradicted if it lies outside
+anything else is inconclusive. holdout_prediction and spike_coincidence are described at their
+functions. Each test returns one Finding per scope, or raises NotTestable with what the grid
+lacks (methods, sizes, seeds, a probe). No method is named here: claims name them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.bootstrap import percentile_interval
+from analysis.claim_stats import ACROSS, Context, NotTestable, label, values
+from analysis.predict import holdout_attention
+from analysis.probe_families import family_of
+from analysis.runs import size_params
+from analysis.statistics import slope
+
+SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "contradicted", "inconclusive", "not testable here"
+VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
+DEFAULT_SEEDS = {"compare": 2, "trend": 2, "holdout_prediction": 1, "spike_coincidence": 1}
+
+
+@dataclass
+class Finding:
+    """One tested scope of a claim."""
+    scope: str
+    verdict: str
+    detail: str
+    method: str = ""
+    against: str = ""
+    estimate: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    numbers: str = ""  # the estimate and interval in a few words, for the report's first screen
+
+
+# ------------------------------------------------------------------------- matching
+
+def matches(selector: str, ctx: Context) -> list[str]:
+    """Method labels a selector means: 'reference', a label, or the method names a label uses
+    (order-insensitive: 'a+b' matches a label built from b and a)."""
+    labels = list(ctx.grid.methods)
+    if selector == "reference":
+        return [ctx.settings.reference] if ctx.settings.reference in labels else []
+    if selector in labels:
+        return [selector]
+    want = sorted(selector.split("+"))
+    uses = ctx.runs.drop_duplicates("method").set_index("method")["uses"]
+    return [m for m in labels if sorted(str(uses.get(m, m)).split("+")) == want]
+
+
+def _name(selector: str, ctx: Context) -> str:
+    return ctx.settings.reference if selector == "reference" else selector
+
+
+def needs(claim: dict, ctx: Context) -> None:
+    """Raise NotTestable when the grid has too few seeds, sizes or widths for the claim."""
+    want = claim.get("needs") or {}
+    have = {"seeds": len(ctx.grid.seeds), "sizes": len(ctx.grid.sizes),
+            "widths": int(ctx.runs["d_model"].nunique()) if "d_model" in ctx.runs else 0}
+    for key in ("sizes", "widths", "seeds"):
+        n = want.get(key, DEFAULT_SEEDS[claim["test"]] if key == "seeds" else 1)
+        if have[key] < n:
+            noun = "widths (d_model)" if key == "widths" else key
+            raise NotTestable(f"needs >= {n} {noun} (this grid has {have[key]})")
+
+
+# ------------------------------------------------------------------------- verdicts
+
+def scope_verdict(lo: float, hi: float, direction: str, margin: float | None = None) -> str:
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return INCONCLUSIVE
+    if direction in ("lower", "decreasing"):
+        return SUPPORTED if hi < 0 else CONTRADICTED if lo > 0 else INCONCLUSIVE
+    if direction in ("higher", "increasing"):
+        return SUPPORTED if lo > 0 else CONTRADICTED if hi < 0 else INCONCLUSIVE
+    m = float(margin or 0.0)
+    return SUPPORTED if (-m < lo and hi < m) else CONTRADICTED if (lo > m or hi < -m) else INCONCLUSIVE
+
+
+def combine(verdicts: list[str]) -> str:
+    if verdicts and all(v == SUPPORTED for v in verdicts):
+        return SUPPORTED
+    if CONTRADICTED in verdicts and SUPPORTED not in verdicts:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def fmt(x: float) -> str:
+    return "n/a" if not math.isfinite(x) else f"{x:.3g}"
+
+
+def _ci(ctx: Context, lo: float, hi: float) -> str:
+    pct = f"{ctx.settings.confidence * 100:g} %"
+    return f"{pct} CI {fmt(lo)} to {fmt(hi)}" if math.isfinite(lo) else "no interval"
+
+
+# ------------------------------------------------------------------------- tests
+
+def check_compare(claim: dict, ctx: Context) -> list[Finding]:
+    """Paired differences method - against of the claim's statistic, per size (or across)."""
+    pairs = []
+    for sel_a, sel_b in claim["pairs"]:
+        pairs += [(a, b) for a in matches(sel_a, ctx) for b in matches(sel_b, ctx) if a != b]
+    if not pairs:
+        wanted = " or ".join(f"{a} beside {_name(b, ctx)}" for a, b in claim["pairs"])
+        raise NotTestable(f"needs {wanted}")
+    needs(claim, ctx)
+    stat, probe = claim["statistic"], claim.get("probe")
+    words, unit = label(stat, probe)
+    findings = []
+    for a, b in pairs:
+        ia, ib = ctx.grid.methods.index(a), ctx.grid.methods.index(b)
+        pt, bs, across = values(ctx, stat, probe, claim.get("probe_hint", ""), pair=(ia, ib))
+        scopes = [ACROSS] if across else list(ctx.grid.sizes)
+        for si, scope in enumerate(scopes):
+            est = float(pt[ia, si] - pt[ib, si])
+            lo, hi = ctx.boot.interval(bs[:, ia, si] - bs[:, ib, si])
+            verdict = scope_verdict(float(lo), float(hi), claim["direction"], claim.get("margin"))
+            side = "below" if est < 0 else "above" if est > 0 else "equal to"
+            detail = (f"{'across sizes' if across else 'at ' + scope}, {a}'s {words} is "
+                      f"{' '.join(filter(None, [fmt(abs(est)), unit])) + ' ' if est else ''}{side} {b}'s "
+                      f"({fmt(pt[ia, si])} vs {fmt(pt[ib, si])}; {_ci(ctx, float(lo), float(hi))})")
+            if claim["direction"] == "equivalent":
+                detail += f", margin +-{fmt(claim['margin'])}"
+            numbers = f"{scope}: {a} − {b} = {fmt(est)} {unit} ({_ci(ctx, float(lo), float(hi))})"
+            findings.append(Finding(scope, verdict, detail, a, b, est, float(lo), float(hi), numbers))
+    return findings
+
+
+def check_trend(claim: dict, ctx: Context) -> list[Finding]:
+    """Slope of a method's statistic against log10(non-embedding parameters), across sizes."""
+    methods = matches(claim["method"], ctx)
+    if not methods:
+        raise NotTestable(f"needs {claim['method']}")
+    needs(claim, ctx)
+    params = size_params(ctx.runs)
+    x = np.log10([params.get(s, np.nan) for s in ctx.grid.sizes])
+    words, unit = label(claim["statistic"], claim.get("probe"))
+    findings = []
+    for m in methods:
+        i = ctx.grid.methods.index(m)
+        pt, bs, _ = values(ctx, claim["statistic"], claim.get("probe"), claim.get("probe_hint", ""))
+        est, reps = float(slope(pt[i], x)), slope(bs[:, i], x)
+        lo, hi = ctx.boot.interval(reps)
+        verdict = scope_verdict(float(lo), float(hi), claim["direction"])
+        detail = (f"{m}'s {words} changes by {fmt(est)} {unit} per tenfold non-embedding parameters "
+                  f"over {len(x)} sizes ({_ci(ctx, float(lo), float(hi))})")
+        numbers = f"{m}: slope {fmt(est)} {unit} per tenfold size ({_ci(ctx, float(lo), float(hi))})"
+        findings.append(Finding(ACROSS, verdict, detail, m, "", est, float(lo), float(hi), numbers))
+    return findings
+
+
+def check_holdout(claim: dict, ctx: Context) -> list[Finding]:
+    """Fit the early attention logit on all sizes but the largest, predict which LRs diverge
+    there. Supported when every LR with a prediction is right and the held-out size has both
+    diverged and stable LRs; contradicted when at most half are right; else inconclusive."""
+    methods = matches(claim["method"], ctx)
+    if not methods:
+        raise NotTestable(f"needs {claim['method']}")
+    needs(claim, ctx)
+    if "early_attn_logit" not in ctx.runs or ctx.runs["early_attn_logit"].isna().all():
+        raise NotTestable("needs the first block's attention-logit probe in history.csv")
+    findings = []
+    for m in methods:
+        table = holdout_attention(ctx.runs, m, claim.get("threshold", "calibrate"), ctx.grid.sizes)
+        judged = table.dropna(subset=["correct"]) if not table.empty else table
+        if judged.empty:
+            level = table["threshold"].iloc[0] if not table.empty else math.nan
+            why = ("no LR diverged (or none trained) at the fitted sizes to calibrate the level on"
+                   if not math.isfinite(level) else "no LR could be fitted")
+            findings.append(Finding(ACROSS, INCONCLUSIVE, f"{m}: {why}", m, numbers=f"{m}: {why}"))
+            continue
+        k, n = int(judged["correct"].astype(bool).sum()), len(judged)
+        both = judged["observed_diverged"].astype(bool).nunique() == 2
+        verdict = SUPPORTED if (k == n and both) else CONTRADICTED if k <= n / 2 else INCONCLUSIVE
+        held = table["held_out"].iloc[0]
+        fit = int(table["fit_sizes"].max())
+        detail = (f"fitted on the {fit} smaller sizes (a {'line' if fit == 2 else 'quadratic'} in log-size), "
+                  f"the early attention logit of {m} predicted divergence correctly at {k} of {n} LRs of {held} "
+                  f"(level {fmt(float(table['threshold'].iloc[0]))})")
+        if not both:
+            detail += f"; every LR of {held} {'diverged' if judged['observed_diverged'].all() else 'trained'}, " \
+                      "so there was nothing to tell apart"
+        findings.append(Finding(ACROSS, verdict, detail, m, "", k / n,
+                                numbers=f"{m}: {k} of {n} LRs of {held} predicted right"))
+    return findings
+
+
+def check_spikes(claim: dict, ctx: Context) -> list[Finding]:
+    """Share of loss spikes within one probe interval of a reading above the probe family's
+    threshold, against the share of all steps that are: enrichment = spike share / step share,
+    with a bootstrap over runs. Supported if its interval lies above 1, contradicted if below."""
+    needs(claim, ctx)
+    fid = family_of(ctx.families, claim["probe"])
+    cols = [f"{k}/{fid}" for k in ("spikes", "spikes_near", "near_steps")]
+    hint = f" ({claim['probe_hint']})" if claim.get("probe_hint") else ""
+    if fid is None or any(c not in ctx.runs for c in cols) or ctx.runs[cols[2]].isna().all():
+        raise NotTestable(f"needs the {claim['probe']} probe with a threshold{hint}")
+    r = ctx.runs.dropna(subset=cols[1:])
+    counts = np.stack([r[cols[0]], r[cols[1]], r[cols[2]], r["steps"]], axis=1).astype(float)
+    if counts[:, 0].sum() == 0:
+        raise NotTestable("needs runs with loss spikes (none of the runs with this probe spiked)")
+
+    def enrichment(c: np.ndarray) -> np.ndarray:
+        spikes, near, near_steps, steps = (c[..., j].sum(axis=-1) for j in range(4))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            share, base = near / spikes, near_steps / steps
+            return np.where(near == 0, 0.0, share / base)
+
+    rng = np.random.default_rng(ctx.settings.seed)
+    reps = enrichment(counts[rng.integers(0, len(counts), size=(ctx.settings.resamples, len(counts)))])
+    lo, hi = percentile_interval(reps, ctx.settings.confidence) if len(counts) > 1 else (math.nan, math.nan)
+    est = float(enrichment(counts))
+    spikes, near = counts[:, 0].sum(), counts[:, 1].sum()
+    thr = ctx.families[fid].get("threshold")
+    verdict = SUPPORTED if lo > 1 else CONTRADICTED if hi < 1 else INCONCLUSIVE
+    detail = (f"{int(near)} of {int(spikes)} loss spikes came within one probe interval of a {claim['probe']} "
+              f"reading above {fmt(thr)}, against {counts[:, 2].sum() / counts[:, 3].sum():.1%} of all steps: "
+              f"{fmt(est)}x as often as chance ({_ci(ctx, float(lo), float(hi))}; bootstrap over {len(counts)} runs)")
+    numbers = f"{fmt(est)}x as often as chance ({_ci(ctx, float(lo), float(hi))})"
+    return [Finding("all runs", verdict, detail, estimate=est, lo=float(lo), hi=float(hi), numbers=numbers)]
+
+
+TESTS = {"compare": check_compare, "trend": check_trend, "holdout_prediction": check_holdout,
+         "spike_coincidence": check_spikes}

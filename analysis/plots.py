@@ -1,0 +1,96 @@
+"""Write every figure and table of analysis/catalog.py for one benchmark (`python -m analysis figures`).
+
+Chooses what each figure shows (the curve runs, the LR of the probe panels) from the runs,
+the scores and the benchmark's settings, and writes every catalogued file even when there is
+nothing to draw (Snakemake needs every declared output): an empty figure then says why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from stabench.io import write_dataframe_csv
+from analysis import catalog
+from analysis import diagnostics as D
+from analysis import figures as F
+from analysis.predict import ATTN_LOGIT_DANGER, extrapolate_attention, grad_rms_fits, holdout_attention
+from analysis.probe_families import declared_families
+from analysis.runs import load_history, size_order, size_params
+from analysis.settings import Settings
+
+CURVE_COLUMNS = ("loss", "log_z_mean")  # engine history columns drawn over training
+
+
+def curve_runs(runs: pd.DataFrame, scores: pd.DataFrame, histories: dict) -> pd.DataFrame:
+    """History rows of each method's best-LR cell and highest-LR cell at every size, all seeds
+    (columns method, size, which, seed, step and CURVE_COLUMNS)."""
+    best = scores.set_index(["method", "size"])["best_lr"].to_dict() if not scores.empty else {}
+    parts = []
+    for (method, size), g in runs.groupby(["method", "size"]):
+        lr_best = best.get((method, size), math.nan)
+        for which, lr in (("best LR", lr_best), ("highest LR", g["lr"].max())):
+            for r in g[g["lr"] == lr].itertuples():
+                h = histories.get(r.run_dir)
+                if h is None:
+                    continue
+                cols = [c for c in CURVE_COLUMNS if c in h]
+                parts.append(h[["step", *cols]].assign(method=method, size=size, which=which, seed=r.seed))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["method", "size", "which", "seed", "step"])
+
+
+def spike_steps(runs: pd.DataFrame) -> dict[str, list]:
+    out = {}
+    for d in runs["run_dir"]:
+        path = Path(d) / "metrics.json"
+        if path.exists():
+            out[d] = list(json.loads(path.read_text(encoding="utf-8")).get("loss_spike_steps") or [])
+    return out
+
+
+def prediction_table(runs: pd.DataFrame, sizes) -> pd.DataFrame:
+    """Per method and LR: the held-out check (calibrated level) beside the extrapolations."""
+    parts = []
+    for method in sorted(set(runs["method"])):
+        held, ext = holdout_attention(runs, method, "calibrate", sizes), extrapolate_attention(runs, method, sizes)
+        if ext.empty:
+            continue
+        parts.append(ext.merge(held, on=["method", "lr"], how="left") if not held.empty else ext)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: Path) -> None:
+    figs = {}
+    if runs.empty:
+        figs = {name: F.empty_figure(title, "no runs") for name, (title, _) in catalog.FIGURES.items()}
+        tables = {name: pd.DataFrame() for name in catalog.TABLES}
+    else:
+        sizes = size_order(runs, settings.sizes)
+        palette, params = F.method_palette(runs["method"]), size_params(runs)
+        band = F.seed_band(settings.resamples, settings.seed, settings.confidence)
+        histories = {d: load_history(d) for d in runs["run_dir"] if (Path(d) / "history.csv").exists()}
+        families = declared_families(runs["run_dir"])
+        largest = sizes[-1]
+        lr = D.chosen_lr(runs, largest, settings.reference)
+        curves = curve_runs(runs, scores, histories)
+        figs = {
+            "loss_vs_lr": F.loss_vs_lr(runs, sizes, palette, params, settings.l0, band),
+            "scores_vs_size": F.scores_vs_size(scores, palette, params),
+            "attn_logit_vs_lr": F.attn_logit_vs_lr(runs, sizes, palette, params, band, danger=ATTN_LOGIT_DANGER),
+            # a display choice: a diverging run shows its climb without flattening the others
+            "loss_curves": F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette, band,
+                                             clip=1.5 * settings.l0),
+            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band),
+            "instability_prediction": D.instability_figure(runs, sizes),
+            "grad_rms_vs_size": D.grad_rms_figure(runs, sizes, lr),
+            "probes": D.probe_panels(runs, histories, families, largest, lr, palette, band),
+            "spikes": D.spikes_figure(runs, histories, families, spike_steps(runs)),
+        }
+        tables = {"instability_prediction": prediction_table(runs, sizes), "grad_rms_fits": grad_rms_fits(runs, sizes)}
+    for name in catalog.FIGURES:
+        F.save_png(figs[name], out / catalog.figure_file(name))
+    for name in catalog.TABLES:
+        write_dataframe_csv(out / catalog.table_file(name), tables[name])

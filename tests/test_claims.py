@@ -1,0 +1,308 @@
+"""Every shipped claim driven to every verdict it can reach, on synthetic runs tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from analysis_synthetic import L0, SIZES, noise, runs_table, settings_for
+
+from analysis.claim_stats import Context
+from analysis.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, SUPPORTED, ClaimError, check, claims_table,
+                             load_claims, sentence)
+
+CLAIMS_DIR = Path(__file__).resolve().parent.parent / "claims"
+CLAIMS = {c["id"]: c for c in load_claims(CLAIMS_DIR)}
+CURVATURE = {"curvature": {"title": "lr x lambda_max", "log_y": True, "headline": "lr_lambda_max",
+                           "columns": ["lr_lambda_max"], "threshold": 38.0}}
+
+
+def verdict(claim_id: str, runs: pd.DataFrame, families=None, **settings):
+    res = check(CLAIMS[claim_id], Context.build(runs, settings_for(runs, **settings), families))
+    return res
+
+
+def swing(seed: int, d: float) -> float:
+    """A per-seed difference of one method only: -d, 0, +d for seeds 0, 1, 2. Its mean is 0, so
+    the estimate shows no effect while the bootstrap interval straddles 0: inconclusive."""
+    return d * (seed - 1)
+
+
+def curve(penalty: float):
+    """Loss over the LR grid: best at the middle LR, the top LR raised by `penalty`."""
+    return lambda li: [3.0, 2.6, 2.7 + penalty][li]
+
+
+def compare_runs(method, against, how, seeds=(0, 1, 2), stat="lr_sensitivity", uses=None, sizes=SIZES[:2], extra=None):
+    """Runs where `method` is better / worse / no different from `against` on lr_sensitivity
+    (or on best_loss for stat='best_loss')."""
+    def loss(m, si, li, seed):
+        base = curve(0.6)(li) + noise(seed)
+        if how == "same":
+            return base + (swing(seed, 0.2) if (m == method and li == 2) else 0.0)
+        better = (m == method) == (how == "better")
+        if stat == "best_loss":
+            return base - (0.2 if better else 0.0)
+        return base - (0.5 if (better and li == 2) else 0.0)
+    return runs_table(loss, [against, method], seeds=seeds, uses=uses, sizes=sizes, extra=extra)
+
+
+# ---------------------------------------------------------------- compare: LR sensitivity
+
+SENSITIVITY_CLAIMS = [("qk_layernorm_lowers_lr_sensitivity", "qk_layernorm", "baseline"),
+                      ("longer_warmup_lowers_lr_sensitivity", "warmup_length", "baseline"),
+                      ("independent_decay_lowers_lr_sensitivity", "independent_weight_decay", "coupled_weight_decay")]
+
+
+@pytest.mark.parametrize("claim_id,method,against", SENSITIVITY_CLAIMS)
+@pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
+def test_sensitivity_claims(claim_id, method, against, how, expected):
+    res = verdict(claim_id, compare_runs(method, against, how))
+    assert res.verdict == expected, sentence(res)
+    assert [f.scope for f in res.findings] == ["s1", "s2"]
+
+
+@pytest.mark.parametrize("claim_id,method,against", SENSITIVITY_CLAIMS)
+def test_sensitivity_claims_not_testable(claim_id, method, against):
+    missing = verdict(claim_id, runs_table(lambda m, si, li, seed: 3.0, [against]))
+    assert missing.verdict == NOT_TESTABLE and f"needs {method} beside {against}" in missing.reason
+    one_seed = verdict(claim_id, compare_runs(method, against, "better", seeds=(0,)))
+    assert one_seed.verdict == NOT_TESTABLE and one_seed.reason == "needs >= 2 seeds (this grid has 1)"
+
+
+def test_methods_match_by_the_names_they_use():
+    runs = compare_runs("qkln", "base", "better", uses={"qkln": "qk_layernorm", "base": "baseline"})
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs)  # reference: the first method, 'base'
+    assert res.verdict == SUPPORTED and res.findings[0].method == "qkln" and res.findings[0].against == "base"
+
+
+def test_one_size_supported_other_contradicted_is_inconclusive():
+    def loss(m, si, li, seed):
+        better = (m == "qk_layernorm") == (si == 0)
+        return curve(0.6)(li) + noise(seed) - (0.5 if better and li == 2 else 0)
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs_table(loss, ["baseline", "qk_layernorm"]))
+    assert res.verdict == INCONCLUSIVE and [f.verdict for f in res.findings] == [SUPPORTED, CONTRADICTED]
+
+
+# ---------------------------------------------------------------- compare: log Z drift
+
+@pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
+def test_z_loss_log_z_drift(how, expected):
+    def drift(m, si, li, seed):
+        if how == "same":
+            return 0.5 + (swing(seed, 0.3) if m == "nwd_z" else 0.0)
+        low = (m == "nwd_z") == (how == "better")
+        return (0.1 if low else 2.0) + noise(seed)
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"],
+                      uses={"nwd_z": "z_loss+no_weight_decay"}, extra={"log_z_drift": drift})
+    res = verdict("z_loss_keeps_log_z_from_drifting", runs)
+    assert res.verdict == expected, sentence(res)
+    assert all(f.method == "nwd_z" and f.against == "no_weight_decay" for f in res.findings)
+
+
+def test_z_loss_not_testable_without_the_column():
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"])
+    res = verdict("z_loss_keeps_log_z_from_drifting", runs)
+    assert res.verdict == NOT_TESTABLE and "log_z_drift" in res.reason
+
+
+# ---------------------------------------------------------------- trend: sensitivity vs size
+
+@pytest.mark.parametrize("slope,expected", [(0.3, SUPPORTED), (-0.3, CONTRADICTED), (0.0, INCONCLUSIVE)])
+def test_sensitivity_grows_with_size(slope, expected):
+    def loss(m, si, li, seed):
+        wobble = swing(seed, 0.2) * (si - 1) if (slope == 0 and li == 2) else 0.0
+        return curve(0.6 + slope * si)(li) + noise(seed) + wobble
+    res = verdict("lr_sensitivity_grows_with_size", runs_table(loss, ["baseline"], sizes=SIZES))
+    assert res.verdict == expected, sentence(res)
+    assert "per tenfold non-embedding parameters over 3 sizes" in res.findings[0].detail
+
+
+def test_sensitivity_trend_needs_two_sizes():
+    res = verdict("lr_sensitivity_grows_with_size", runs_table(lambda m, si, li, seed: 3.0, ["baseline"], sizes=("s1",)))
+    assert res.verdict == NOT_TESTABLE and res.reason == "needs >= 2 sizes (this grid has 1)"
+
+
+# ---------------------------------------------------------------- compare: best-LR drift across widths
+
+def best_lr_runs(moves: dict, same_width=False):
+    """moves[m]: does m's best LR move with width (index 2 at s1, index 0 at s3)?"""
+    def loss(m, si, li, seed):
+        best = (2 - si) if moves[m] else 1
+        return 2.5 + 0.3 * abs(li - best) + noise(seed)
+    runs = runs_table(loss, ["baseline", "mup_simple"], sizes=SIZES)
+    return runs.assign(d_model=64) if same_width else runs
+
+
+@pytest.mark.parametrize("moves,expected", [({"baseline": True, "mup_simple": False}, SUPPORTED),
+                                            ({"baseline": False, "mup_simple": True}, CONTRADICTED),
+                                            ({"baseline": False, "mup_simple": False}, INCONCLUSIVE)])
+def test_mup_best_lr_transfers(moves, expected):
+    res = verdict("mup_keeps_best_lr_fixed_across_widths", best_lr_runs(moves))
+    assert res.verdict == expected, sentence(res)
+    assert [f.scope for f in res.findings] == ["across sizes"]
+
+
+def test_mup_needs_two_widths():
+    res = verdict("mup_keeps_best_lr_fixed_across_widths", best_lr_runs({"baseline": True, "mup_simple": False}, True))
+    assert res.verdict == NOT_TESTABLE and "widths" in res.reason
+
+
+# ---------------------------------------------------------------- holdout prediction
+
+def attention_runs(observed_s3, sizes=SIZES):
+    """Early logits 2, 20, 200 at every size (x per LR); s1, s2 diverge at the top LR only; s3
+    diverges where observed_s3 says."""
+    logits = [2.0, 20.0, 200.0]
+    def loss(m, si, li, seed):
+        div = observed_s3[li] if si == 2 else li == 2
+        return None if div else 3.0
+    return runs_table(loss, ["baseline"], sizes=sizes,
+                      extra={"early_attn_logit": lambda m, si, li, seed: logits[li] * (1 + 0.01 * seed)})
+
+
+@pytest.mark.parametrize("observed,expected", [((False, False, True), SUPPORTED), ((True, True, False), CONTRADICTED),
+                                               ((False, True, True), INCONCLUSIVE)])
+def test_attention_logits_predict_divergence(observed, expected):
+    res = verdict("attention_logits_predict_divergence", attention_runs(observed))
+    assert res.verdict == expected, sentence(res)
+    assert "fitted on the 2 smaller sizes (a line in log-size)" in res.findings[0].detail
+
+
+def test_attention_prediction_inconclusive_when_nothing_to_tell_apart_or_calibrate():
+    top = {0: 200.0, 1: 60.0, 2: 18.0}  # the top LR's early logit falls with size: s3 predicted stable
+    runs = runs_table(lambda m, si, li, seed: None if (li == 2 and si < 2) else 3.0, ["baseline"], sizes=SIZES,
+                      extra={"early_attn_logit": lambda m, si, li, seed: top[si] if li == 2 else 2.0 + 9 * li})
+    res = verdict("attention_logits_predict_divergence", runs)
+    assert res.verdict == INCONCLUSIVE and "3 of 3" in res.findings[0].detail
+    assert "nothing to tell apart" in res.findings[0].detail
+    no_div = runs_table(lambda m, si, li, seed: 3.0, ["baseline"], sizes=SIZES,
+                        extra={"early_attn_logit": lambda m, si, li, seed: 5.0 * (li + 1)})
+    res = verdict("attention_logits_predict_divergence", no_div)
+    assert res.verdict == INCONCLUSIVE and "calibrate" in res.findings[0].detail
+
+
+def test_attention_prediction_not_testable():
+    res = verdict("attention_logits_predict_divergence", attention_runs((False, False, True), sizes=SIZES[:2]))
+    assert res.verdict == NOT_TESTABLE and res.reason == "needs >= 3 sizes (this grid has 2)"
+    res = verdict("attention_logits_predict_divergence",
+                  attention_runs((False, False, True)).drop(columns="early_attn_logit"))
+    assert res.verdict == NOT_TESTABLE and "attention-logit probe" in res.reason
+
+
+# ---------------------------------------------------------------- largest stable LR
+
+def stability_runs(method, against, diverge_from: dict, extra_methods=()):
+    def loss(m, si, li, seed):
+        return None if li >= diverge_from.get(m, 99) else 3.0 - 0.1 * li + noise(seed)
+    return runs_table(loss, [against, method, *extra_methods])
+
+
+@pytest.mark.parametrize("claim_id,method,against", [("wesar_trains_at_higher_lrs", "wesar", "small_init"),
+                                                     ("wesar_trains_at_higher_lrs", "wesar", "he_init"),
+                                                     ("seq_len_warmup_allows_larger_lrs", "seq_len_warmup", "baseline")])
+@pytest.mark.parametrize("diverge,expected", [((99, 2), SUPPORTED), ((1, 99), CONTRADICTED), ((2, 2), INCONCLUSIVE)])
+def test_largest_stable_lr(claim_id, method, against, diverge, expected):
+    res = verdict(claim_id, stability_runs(method, against, {method: diverge[0], against: diverge[1]}))
+    assert res.verdict == expected, sentence(res)
+
+
+def test_wesar_against_both_inits_and_not_testable():
+    runs = stability_runs("wesar", "small_init", {"wesar": 99, "small_init": 2, "he_init": 1}, ("he_init",))
+    res = verdict("wesar_trains_at_higher_lrs", runs)
+    assert res.verdict == SUPPORTED and {f.against for f in res.findings} == {"small_init", "he_init"}
+    res = verdict("wesar_trains_at_higher_lrs", runs_table(lambda m, si, li, seed: 3.0, ["baseline", "wesar"]))
+    assert res.verdict == NOT_TESTABLE and res.reason == "needs wesar beside small_init or wesar beside he_init"
+
+
+# ---------------------------------------------------------------- equivalence: Adam-atan2
+
+@pytest.mark.parametrize("how,expected", [("equal", SUPPORTED), ("worse", CONTRADICTED), ("noisy", INCONCLUSIVE)])
+def test_adam_atan2_matches_adam(how, expected):
+    def loss(m, si, li, seed):
+        base = curve(0.3)(li) + noise(seed)
+        if m == "adam_atan2" and how == "worse":
+            return base + 0.2
+        if how == "noisy":
+            return base + (swing(seed, 0.05) if m == "adam_atan2" else 0.0)
+        return base + (0.001 if m == "adam_atan2" else 0.0)
+    res = verdict("adam_atan2_matches_adam", runs_table(loss, ["baseline", "adam_atan2"]))
+    assert res.verdict == expected, sentence(res)
+    assert "margin +-0.02" in res.findings[0].detail
+
+
+# ---------------------------------------------------------------- curvature and spikes
+
+def spike_runs(spikes, near, near_steps, n=6):
+    cols = {"spikes/curvature": lambda m, si, li, s: float(spikes), "spikes_near/curvature": lambda m, si, li, s: float(near),
+            "near_steps/curvature": lambda m, si, li, s: float(near_steps)}
+    return runs_table(lambda m, si, li, seed: 3.0, ["baseline"], extra=cols)
+
+
+@pytest.mark.parametrize("near,near_steps,expected", [(2, 10, SUPPORTED), (0, 50, CONTRADICTED), (1, 50, INCONCLUSIVE)])
+def test_spikes_coincide_with_curvature(near, near_steps, expected):
+    res = verdict("spikes_coincide_with_curvature", spike_runs(2, near, near_steps), CURVATURE)
+    assert res.verdict == expected, sentence(res)
+
+
+def test_spikes_not_testable():
+    res = verdict("spikes_coincide_with_curvature", spike_runs(2, 2, 10), {})
+    assert res.verdict == NOT_TESTABLE and "set probes.curvature_every > 0" in res.reason
+    res = verdict("spikes_coincide_with_curvature", spike_runs(0, 0, 10), CURVATURE)
+    assert res.verdict == NOT_TESTABLE and "loss spikes" in res.reason
+
+
+@pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
+def test_depth_warmup_lowers_curvature(how, expected):
+    def peak(m, si, li, seed):
+        if how == "same":
+            return 40.0 * 10 ** (swing(seed, 0.3) if m == "depth_warmup" else 0.0)
+        low = (m == "depth_warmup") == (how == "better")
+        return (10.0 if low else 80.0) * (1 + 0.05 * seed)
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "depth_warmup"], extra={"peak/curvature": peak})
+    res = verdict("depth_warmup_lowers_curvature", runs, CURVATURE)
+    assert res.verdict == expected, sentence(res)
+    res = verdict("depth_warmup_lowers_curvature", runs, {})
+    assert res.verdict == NOT_TESTABLE and res.reason == "needs the lr_lambda_max probe (set probes.curvature_every > 0)"
+
+
+# ---------------------------------------------------------------- files, table, sentences
+
+def test_shipped_claims_load_and_every_test_kind_is_covered():
+    assert len(CLAIMS) == 12
+    assert {c["test"] for c in CLAIMS.values()} == {"compare", "trend", "holdout_prediction", "spike_coincidence"}
+
+
+def test_claim_selection_and_errors(tmp_path):
+    assert [c["id"] for c in load_claims(CLAIMS_DIR, ("adam_atan2_matches_adam",))] == ["adam_atan2_matches_adam"]
+    with pytest.raises(ClaimError, match="unknown claim id"):
+        load_claims(CLAIMS_DIR, ("nope",))
+    (tmp_path / "schema.yaml").write_text((CLAIMS_DIR / "schema.yaml").read_text())
+    (tmp_path / "mine.yaml").write_text("id: x\nclaim: c\nsource: s\ntest: compare\nfigure: loss_vs_lr\ndirection: up\n")
+    with pytest.raises(ClaimError, match="mine.yaml: direction"):
+        load_claims(tmp_path)
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: nope}\n")
+    with pytest.raises(ClaimError, match="figure 'nope'"):
+        load_claims(tmp_path)
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n"
+                                        "- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n")
+    with pytest.raises(ClaimError, match="already used"):
+        load_claims(tmp_path)
+
+
+def test_claims_table_rows_and_sentences():
+    runs = compare_runs("qk_layernorm", "baseline", "better")
+    ctx = Context.build(runs, settings_for(runs))
+    results = [check(c, ctx) for c in CLAIMS.values()]
+    table = claims_table(results, 0.95)
+    qk = table[table["claim_id"] == "qk_layernorm_lowers_lr_sensitivity"]
+    assert list(qk["scope"]) == ["s1", "s2"] and set(qk["verdict"]) == {SUPPORTED}
+    assert (qk["ci_high"] < 0).all() and (qk["figure"] == "figures/loss_vs_lr.png").all()
+    assert qk["sentence"].iloc[0].startswith("qk-layernorm lowers LR sensitivity: supported at s1 and s2 (s1: ")
+    assert "95 % CI" in qk["sentence"].iloc[0] and (qk["summary"] == "supported at s1 and s2").all()
+    assert qk["detail"].str.contains("qk_layernorm's LR sensitivity is 0.167 nats below baseline's").all()
+    untested = table[table["verdict"] == NOT_TESTABLE]
+    assert len(untested) == len(CLAIMS) - 2 and untested["detail"].str.startswith("needs").all()
+    assert set(table["claim_id"]) == set(CLAIMS)
+    assert L0 not in table["estimate"].tolist()
