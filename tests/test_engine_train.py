@@ -347,7 +347,7 @@ def test_a_folder_being_trained_is_locked(engine_bench, tmp_path, run_training):
         with pytest.raises(ConfigError, match="being trained by another process"):
             run_training(tmp_path)
     assert not (tmp_path / CHECKPOINT_NAME).exists()
-    assert run_training(tmp_path, benchmark=engine_bench.load(["train.steps=2"]))["steps"] == 2
+    assert run_training(tmp_path, benchmark=engine_bench.load(["train.steps=2", "train.warmup_steps=1"]))["steps"] == 2
 
 
 def test_runs_trained_together_need_their_own_folders(engine_bench, tmp_path):

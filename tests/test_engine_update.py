@@ -267,14 +267,14 @@ def update_rule(config, args):
 
 def test_update_rule_hook_replaces_adamw(engine_bench, tmp_methods, tmp_path, run_training):
     name = tmp_methods(SIGN_RULE, "sign")
-    bench = engine_bench.load(["train.steps=3", "train.probe_every=3", "train.eval_every=3"])
+    bench = engine_bench.load(["train.steps=3", "train.warmup_steps=1", "train.probe_every=3", "train.eval_every=3"])
     metrics = run_training(tmp_path, benchmark=bench, method=name, lr=1e-2)
     module = load_stack(name).methods[0].module
     n_params = metrics["n_params"]
     # one call per step for the whole model (one slice), step counts 1, 2, 3, the schedule's LR
     assert [c[0] for c in module.CALLS] == [(1, n_params)] * 3
     assert [c[1] for c in module.CALLS] == [1, 2, 3]
-    schedule = [warmup_cosine(s, 5, 3, 1e-2, bench["train"]["min_lr"]) for s in (1, 2, 3)]
+    schedule = [warmup_cosine(s, 1, 3, 1e-2, bench["train"]["min_lr"]) for s in (1, 2, 3)]
     assert [c[2] for c in module.CALLS] == pytest.approx(schedule, rel=1e-6)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert set(state["head.weight"]) == {"exp_avg"}  # the rule's own state is checkpointed

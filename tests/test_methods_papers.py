@@ -299,8 +299,8 @@ def test_adam_atan2_update_formula_on_stacked_members():
 def test_adam_atan2_args_are_checked():
     config = make_config("adam_atan2")
     assert atan2_rule(config, {"a": 2.0, "b": 0.5}).a == 2.0
-    with pytest.raises(ValueError, match="a and b must be > 0"):
-        atan2_rule(config, {"b": 0.0})
+    with pytest.raises(ValueError, match="argument b: got 0.0; allowed: a number > 0"):
+        atan2_rule(config, {"b": 0.0})  # refused when the method loads (ARG_ALLOWED)
 
 
 def test_adam_atan2_state_round_trip():

@@ -63,7 +63,7 @@ def test_wheel_works_from_an_empty_folder(tmp_path):
                            cwd=empty, env=env, capture_output=True, text=True, check=True).stdout
     assert str(venv) in where  # the wheel's package, not this checkout's
     trained = subprocess.run([stabench, "train", "smoke", "--method", "qk_layernorm", "--size", "t16", "--lr", "0.01",
-                              "--out", "run", "--set", "train.steps=4", "--set", "train.probe_every=2",
+                              "--out", "run", "--set", "train.steps=4", "--set", "train.warmup_steps=1", "--set", "train.probe_every=2",
                               "--set", "train.eval_every=4", "--no-progress", "--threads", "1"],
                              cwd=empty, env=env, capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr[-2000:]

@@ -69,7 +69,7 @@ def test_wortsman_dry_run_sizes_jobs_to_fit(tmp_path):
 
     bench = load_benchmark("wortsman")
     sizes = list(bench["sizes"])
-    jobs = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1")
+    jobs = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1", "pack=0")  # a job per run
 
     runtime = {s: int(v) for s, v in per_size(jobs, "train", "runtime").items()}
     mem = {s: int(v) for s, v in per_size(jobs, "train", "mem_mb").items()}
@@ -88,6 +88,10 @@ def test_wortsman_dry_run_sizes_jobs_to_fit(tmp_path):
     assert all(j["resources"]["gpu"] == "1" for j in evals)
     eval_mem = {s: int(v) for s, v in per_size(jobs, "evaluate", "mem_mb").items()}
     assert eval_mem[sizes[-1]] > 4 * eval_mem[sizes[0]]  # a 1.6 B model's checkpoint vs a 3 M one's
+    # the default, one job per (method, size): it asks for all its runs' time
+    packs = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1")
+    pack_runtime = {s: int(v) for s, v in per_size(packs, "train_pack", "runtime").items()}
+    assert set(pack_runtime) == set(sizes) and all(pack_runtime[s] > runtime[s] for s in sizes)
 
 
 def test_sizes_can_override_the_estimate(tmp_path):
@@ -95,7 +99,7 @@ def test_sizes_can_override_the_estimate(tmp_path):
     bench["sizes"]["t32"].update(runtime_min=77, mem_mb=3300)
     path = tmp_path / "override.yaml"
     path.write_text(yaml.safe_dump(bench))
-    jobs = dry_run_jobs(tmp_path, f"benchmark={path}")
+    jobs = dry_run_jobs(tmp_path, f"benchmark={path}", "pack=0")
     assert per_size(jobs, "train", "runtime")["t32"] == "77" and per_size(jobs, "train", "mem_mb")["t32"] == "3300"
     assert per_size(jobs, "train", "runtime")["t16"] != "77"
     assert all(j["resources"].get("gpu") == "0" for j in jobs if j["rule"] == "evaluate")  # a CPU workflow
