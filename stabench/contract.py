@@ -149,6 +149,7 @@ class Context:
     grad_norm: torch.Tensor | None = None  # (K,) before clipping
     optimizer: Any = None               # stabench.update.OptimizerView: per-parameter state views
     autocast: Callable = nullcontext    # the trainer's autocast, for probes that run forwards
+    fused_readout: bool = False         # a training step: log Z comes from the fused readout (stabench.readout)
     objective: Callable[..., torch.Tensor] | None = None  # (params=None) -> (K,): the loss the run
     #      optimizes on this step's batch, with grad; ``params`` (name -> tensor) replace the weights
     cache: dict = field(default_factory=dict)
@@ -180,9 +181,16 @@ class Context:
 
     @property
     def log_z(self) -> torch.Tensor:
-        """logsumexp of the output logits at each position, (K, B, T), computed once."""
+        """logsumexp of the output logits at each position, (K, B, T), computed once. On a
+        training step it comes with the step's cross-entropy from one fused pass over the
+        readout (no logits materialized); else from the logits."""
         if "log_z" not in self.cache:
-            self.cache["log_z"] = torch.stack([torch.logsumexp(x.float(), dim=-1) for x in self.member_logits])
+            if self.fused_readout and "member_logits" not in self.cache:
+                from .readout import fused_cross_entropy_and_log_z
+                self.cache["lm_loss"], self.cache["log_z"] = fused_cross_entropy_and_log_z(
+                    self.hidden, self.model.head.weight, self.targets)
+            else:
+                self.cache["log_z"] = torch.stack([torch.logsumexp(x.float(), dim=-1) for x in self.member_logits])
         return self.cache["log_z"]
 
 

@@ -240,8 +240,8 @@ class EnsembleRun:
         ensemble.zero_grad()
         with self.accelerator.autocast():
             hidden, maxima = self.features(batch[..., :-1], probing)
-            ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:])
-            lm_loss, total = self.losses(ctx, fused=True)
+            ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:], fused_readout=True)
+            lm_loss, total = self.losses(ctx)
         total.sum().backward()
         if self.world > 1:
             torch.distributed.all_reduce(ensemble.grad)
@@ -271,18 +271,22 @@ class EnsembleRun:
         for method in self.stack.owners("on_step"):
             method.hook("on_step")(ctx, method.args)
 
-    def losses(self, ctx: Context, fused: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def losses(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         """(language-model loss, the loss the run optimizes: plus the methods' terms), each (K,).
 
-        ``fused``: the cross-entropy of stabench.readout (training steps); else through the
-        logits (twice differentiable, for the curvature probe)."""
-        if fused:
-            lm_loss = fused_cross_entropy(ctx.hidden, self.ensemble.model.head.weight, ctx.targets)
-        else:
+        On a training step (``ctx.fused_readout``) the cross-entropy is stabench.readout's fused
+        one, computed together with log Z if a method's term asked for it; otherwise (the
+        curvature probe's objective) through the logits, twice differentiable."""
+        terms = [method.hook("loss")(ctx, method.args) for method in self.stack.owners("loss")]
+        if not ctx.fused_readout:
             lm_loss = member_cross_entropy(ctx.member_logits, ctx.targets)
+        elif "lm_loss" in ctx.cache:  # a term asked for log Z: the same fused pass gave the loss
+            lm_loss = ctx.cache["lm_loss"]
+        else:
+            lm_loss = fused_cross_entropy(ctx.hidden, self.ensemble.model.head.weight, ctx.targets)
         total = lm_loss
-        for method in self.stack.owners("loss"):
-            total = total + method.hook("loss")(ctx, method.args)
+        for term in terms:
+            total = total + term
         return lm_loss, total
 
     def objective(self, step: int, lr: torch.Tensor, batch: torch.Tensor,
