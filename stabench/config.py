@@ -237,13 +237,16 @@ def workflow_settings(config: dict) -> dict:
         value = config.get(key, default)
         if key == "pack" and isinstance(value, bool):  # pack=true / pack=false
             value = int(value)
+        if key == "pack" and value == "all":  # every run of a (method, size) in one ensemble
+            settings[key] = value
+            continue
         if least is None:
             if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
                 raise ConfigError(f"--config {key}={value!r}: allowed: a benchmark name or a YAML file path")
             settings[key] = str(value)
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least or (key == "pack" and value > 1):
-            allowed = "0 or 1" if key == "pack" else f"an integer >= {least}"
+            allowed = "0, 1 or all" if key == "pack" else f"an integer >= {least}"
             raise ConfigError(f"--config {key}={value!r}: allowed: {allowed}")
         settings[key] = value
     return settings

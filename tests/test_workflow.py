@@ -118,7 +118,7 @@ def test_smoke_benchmark_leaderboard_and_report(smoke_results):
         assert metrics["packed_with"] == len(bench["learning_rates"]) or metrics["diverged"], metrics_path
         losses = pd.read_csv(metrics_path.parent / "losses.csv")
         assert list(losses["step"]) == list(range(1, metrics["steps"] + 1))
-    assert len(list((results / "logs" / "train").rglob("pack.log"))) == len(bench["methods"]) * len(bench["sizes"])
+    assert len(list((results / "logs" / "train").rglob("s0.log"))) == len(bench["methods"]) * len(bench["sizes"])
 
     board = pd.read_csv(results / "leaderboard.csv")
     for column in ("rank", "method", "lr_sensitivity", "best_loss", "best_lr", "diverged"):
@@ -222,7 +222,7 @@ def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
     assert not ok["diverged"] and diverged["diverged"]
     assert ok["packed_with"] == diverged["packed_with"] == 2  # it left the pack; the other finished
     assert not (runs / "crashes" / "t16" / "lr0.01-s0" / "metrics.json").exists()
-    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "pack.log"
+    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "s0.log"
     assert "deliberate crash for the test" in log.read_text()
 
     # Without the crashing method the same grid completes, and the diverged run is scored.
@@ -289,9 +289,12 @@ def test_cpu_benchmark_dry_run(tmp_path):
     bench = yaml.safe_load((REPO / "benchmarks" / "cpu.yaml").read_text())
     n_grid = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"]) * len(bench.get("seeds", [0]))
     proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")  # the default benchmark is cpu, packed
-    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"])
+    seeds = len(bench.get("seeds", [0]))
+    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"]) * seeds  # a job per LR sweep
     assert "train" not in job_counts(proc)
     assert (proc.stdout + proc.stderr).count("--run ") == n_grid
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=all")  # every run of a (method, size)
+    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"])
     proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=0")
     assert job_counts(proc)["train"] == n_grid and "train_pack" not in job_counts(proc)
 

@@ -36,7 +36,7 @@ def test_train_and_eval_jobs_have_benchmark_files(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     for rule in ("train_pack", "evaluate"):
         assert f"rule {rule}" in done.stdout
-    assert "benchmarks/train/baseline/t16/pack.tsv" in done.stdout
+    assert "benchmarks/train/baseline/t16/s0.tsv" in done.stdout
     assert "benchmarks/eval/baseline/t16.tsv" in done.stdout
 
 

@@ -45,8 +45,10 @@ TRAIN_THREADS = SETTINGS["train_threads"]
 # GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
 GPUS = SETTINGS["gpus"]
 RUNS_PER_GPU = SETTINGS["runs_per_gpu"]
-# Each (method, size)'s LRs and seeds train together as one ensemble (--config pack=0: one by one).
-PACK = bool(SETTINGS["pack"])
+# Ensembles: --config pack=1 (the default) trains each seed's LR sweep of a (method, size) as one
+# job (its runs share their batches; on a CPU larger ensembles lose to cache misses), pack=all
+# every run of a (method, size) in one job (fill a GPU), pack=0 one job per run.
+PACK = SETTINGS["pack"]  # 0, 1 or "all"
 
 
 def size_gpus(size):
@@ -82,9 +84,17 @@ def run_dir(method, size, lr, seed):
     return str(inside(f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}", RESULTS))
 
 
-def run_files(method, size, name):
-    """One file of every run of a (method, size): the outputs of its ensemble job."""
-    return [f"{run_dir(method, size, lr, seed)}/{name}" for lr in LRS for seed in SEEDS]
+def run_files(method, size, seed, name):
+    """One file of every run of an ensemble job: one seed's LR sweep of a (method, size), or
+    with ``seed`` None (pack=all) all of its runs. Wildcard patterns where given as such."""
+    seeds = SEEDS if seed is None else [seed]
+    return [f"{run_dir(method, size, lr, s)}/{name}" for s in seeds for lr in LRS]
+
+
+def pack_runs(wildcards):
+    """(lr, seed) labels of an ensemble job's runs."""
+    seeds = [wildcards.seed] if PACK == 1 else SEEDS
+    return [(lr, seed) for seed in seeds for lr in LRS]
 
 
 def runs_of(method, size):
@@ -93,7 +103,9 @@ def runs_of(method, size):
 
 def job_times():
     """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
-    train = ([f"{RESULTS}/benchmarks/train/{m}/{s}/pack.tsv" for m in METHODS for s in SIZES] if PACK else
+    packs = ([f"{RESULTS}/benchmarks/train/{m}/{s}/s{seed}.tsv" for m in METHODS for s in SIZES for seed in SEEDS]
+             if PACK == 1 else [f"{RESULTS}/benchmarks/train/{m}/{s}/pack.tsv" for m in METHODS for s in SIZES])
+    train = (packs if PACK else
              [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
               for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS])
     evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
@@ -104,9 +116,9 @@ def job_times():
 
 
 def pack_members(wildcards):
-    """--run LR:SEED:FOLDER arguments of a (method, size)'s ensemble job."""
+    """--run LR:SEED:FOLDER arguments of an ensemble job."""
     return " ".join(f"--run {lr}:{seed}:{run_dir(wildcards.method, wildcards.size, lr, seed)}"
-                    for lr in LRS for seed in SEEDS)
+                    for lr, seed in pack_runs(wildcards))
 
 
 GRID = [(m, s, lr, seed) for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]

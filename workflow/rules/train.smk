@@ -44,19 +44,23 @@ if PACK:
         if _stack.unpackable_reason():
             logger.info(f"stabench: {_label} trains its runs one at a time ({_stack.unpackable_reason()})")
 
+    # One seed's LR sweep per job (the default), or every run of the (method, size) (pack=all).
+    PACK_SEED = "{seed}" if PACK == 1 else None
+    PACK_JOB = "s{seed}" if PACK == 1 else "pack"
+
     rule train_pack:
-        """All runs of one (method, size) in one process, as one ensemble over LRs and seeds
-        (stabench/loop.py); a method that declares itself unpackable trains them one at a time."""
+        """Runs of one (method, size) in one process, as one ensemble (stabench/loop.py); a
+        method that declares itself unpackable trains them one at a time."""
         input:
             manifest=rules.prepare_data.output.manifest,
         output:
-            metrics=run_files("{method}", "{size}", "metrics.json"),
-            history=run_files("{method}", "{size}", "history.csv"),
-            losses=run_files("{method}", "{size}", "losses.csv"),
+            metrics=run_files("{method}", "{size}", PACK_SEED, "metrics.json"),
+            history=run_files("{method}", "{size}", PACK_SEED, "history.csv"),
+            losses=run_files("{method}", "{size}", PACK_SEED, "losses.csv"),
         params:
             python=PYTHON,
             benchmark=BENCHMARK_ARG,
-            identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr in LRS for seed in SEEDS],
+            identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr, seed in pack_runs(wc)],
             members=pack_members,
             data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
@@ -70,9 +74,9 @@ if PACK:
         conda:
             ENV
         benchmark:
-            f"{RESULTS}/benchmarks/train/{{method}}/{{size}}/pack.tsv"
+            f"{RESULTS}/benchmarks/train/{{method}}/{{size}}/{PACK_JOB}.tsv"
         log:
-            f"{RESULTS}/logs/train/{{method}}/{{size}}/pack.log",
+            f"{RESULTS}/logs/train/{{method}}/{{size}}/{PACK_JOB}.log",
         shell:
             "{params.python} -m stabench train-pack {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
             " {params.members} --data {params.data} --threads {threads} {params.gpu} > {log} 2>&1"
