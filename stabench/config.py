@@ -145,7 +145,7 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"got {got!r}; allowed: {schema['description']}"
     if error.validator == "oneOf" and "items" not in schema:
         return f"got {got!r}; expected method names joined by '+' like 'a+b', or {{use: ..., args: ...}}"
-    hint = schema.get("description")
+    hint = (schema.get("description") or "").strip()
     return f"got {got!r}: {error.message}" + (f" ({hint})" if hint else "")
 
 
@@ -169,11 +169,25 @@ def check_consistent(benchmark: dict) -> None:
                           f"({train['steps']})")
     for lr in benchmark["learning_rates"]:
         check_run_point(benchmark, lr, 0, field="learning_rates")
+    from .runspec import lr_labels  # two LRs that would share a run folder (0.001 and 1.0e-3)
+    lr_labels(benchmark["learning_rates"])
     seeds = benchmark["seeds"]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: got {seeds}; allowed: each seed once (each is one run folder)")
     for size in benchmark["sizes"]:
         size_config(benchmark, size)
+    from .evaluation.tasks import LOCAL_NAMES  # a typo in an offline task would be looked for on the hub
+    for field in ("tasks", "init_tasks"):
+        for task in benchmark["eval"][field]:
+            if task.startswith("stabench") and task not in LOCAL_NAMES:
+                close = difflib.get_close_matches(task, LOCAL_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"eval.{field}: got {task!r}{hint}; the offline tasks are "
+                                  f"{', '.join(LOCAL_NAMES)}")
+    labels = method_specs(benchmark)
+    if benchmark.get("reference") is not None and benchmark["reference"] not in labels:
+        raise ConfigError(f"reference: got {benchmark['reference']!r}; allowed: one of the benchmark's methods "
+                          f"({', '.join(labels)})")
     from .data.tokenizer import check_tokenizer_value  # the data layer owns what a tokenizer value means
     check_tokenizer_value(benchmark["data"]["tokenizer"])
 
@@ -198,7 +212,8 @@ def validate(benchmark: dict, source: str = "benchmark") -> dict:
     errors = sorted(_Validator(load_schema()).iter_errors(benchmark), key=lambda e: len(e.path))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(f"{source}: {_field_name(err.absolute_path)}: {_describe(err)}")
+        message = " ".join(_describe(err).split())  # schema descriptions may span lines: one line
+        raise ConfigError(f"{source}: {_field_name(err.absolute_path)}: {message}")
     try:
         check_consistent(benchmark)
     except ValueError as exc:  # ConfigError, or the data layer's DataError

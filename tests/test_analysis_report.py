@@ -138,16 +138,23 @@ def test_empty_grid_still_writes_every_output(tmp_path):
     assert "stabench report: empty" in (tmp_path / "r.html").read_text()
 
 
-@pytest.mark.slow  # a Snakemake dry run: ~15 s
-def test_workflow_rejects_a_reference_that_is_not_a_method(tmp_path):
-    """A typo in `reference` fails the dry run with one line naming the methods, before training."""
+@pytest.mark.slow  # a Snakemake dry run: ~15 s each
+@pytest.mark.parametrize("field, value, words", [
+    ("reference", "baselin", "reference: got 'baselin'; allowed: one of the benchmark's methods (baseline, "),
+    ("analysis", {"claims": ["qk_layernorm_lowers_lr_sensitivty"]},
+     "analysis.claims: unknown claim id(s) qk_layernorm_lowers_lr_sensitivty; known: "),
+])
+def test_workflow_rejects_an_analysis_typo_before_training(tmp_path, field, value, words):
+    """A typo in `reference` or in a claim id fails the dry run with one line naming what is
+    known, before any training (not at the end of the sweep)."""
     import subprocess
     import sys
     bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
-    bench["reference"] = "baselin"
+    bench[field] = value
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(bench))
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
                            "-n", "--config", f"benchmark={path}"], capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "reference 'baselin' is not one of its methods: " in proc.stdout + proc.stderr
+    assert words in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

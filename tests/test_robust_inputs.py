@@ -98,6 +98,12 @@ BAD_BENCHMARKS = [
     ("an unknown method elsewhere in the benchmark", _set("methods", ["baseline", "qk_layrnorm"]),
      ["qk_layrnorm", "Did you mean 'qk_layernorm'"]),
     ("a method composed with itself", _set("methods", ["baseline", "z_loss+z_loss"]), ["z_loss listed twice"]),
+    ("one LR spelt twice", _set("learning_rates", [0.001, 1.0e-3]), ["learning_rates", "the same run", "lr0.001"]),
+    ("reference not a method", _set("reference", "z_loss"),
+     ["reference", "'z_loss'", "one of the benchmark's methods (baseline, qk_layernorm+z_loss)"]),
+    ("Adam eps 0", _set("optimizer.eps", 0.0), ["optimizer.eps", "0.0", "> 0"]),
+    ("offline task typo", _set("eval.tasks", ["stabench_clozee"]), ["eval.tasks", "did you mean 'stabench_cloze'"]),
+    ("a bound whose description spans lines", _set("analysis.l0", -1.0), ["analysis.l0", "-1.0", "uniform predictor)"]),
 ]
 
 

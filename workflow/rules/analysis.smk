@@ -1,17 +1,20 @@
 """runs -> runs.csv -> scores, leaderboard, claims, figures -> report.html (analysis/)."""
 
 from analysis.catalog import FIGURES, TABLES, figure_file, table_file
+from analysis.claims import ClaimError, load_claims
 from analysis.settings import SettingsError, reference_of
 
-try:  # the reference method must be one of the benchmark's methods: say so before training
+REPO_DIR = Path(workflow.current_basedir).parent.parent
+CLAIMS_DIR = str(REPO_DIR / "claims")
+
+try:  # the reference method and the claims named must exist: say so before training
     reference_of(BENCHMARK)
-except SettingsError as exc:
+    load_claims(CLAIMS_DIR, None if BENCHMARK["analysis"]["claims"] is None else tuple(BENCHMARK["analysis"]["claims"]))
+except (SettingsError, ClaimError) as exc:
     raise WorkflowError(str(exc)) from None
 
-REPO_DIR = Path(workflow.current_basedir).parent.parent
 # The analysis package's sources: a change in them reruns the analysis rules (not the training).
 ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.suffix in (".py", ".j2", ".css"))
-CLAIMS_DIR = str(REPO_DIR / "claims")
 CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
 
 # Seconds to a minute of pandas and matplotlib: never worth a cluster job.
