@@ -45,9 +45,10 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
     if cached is not None:
         _check_vocab(data_cfg, cached["vocab_size"])
         return cached
+    documents = load_documents(data_cfg)  # before any folder exists: a bad source leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     train_docs, val_docs = split_documents(
-        load_documents(data_cfg), float(data_cfg.get("val_fraction", 0.05)), int(data_cfg.get("split_seed", 0))
+        documents, float(data_cfg.get("val_fraction", 0.05)), int(data_cfg.get("split_seed", 0))
     )
     tok = _build_tokenizer(data_cfg, train_docs)
     tok_json = tok.to_str()
