@@ -243,7 +243,7 @@ def cmd_speed(args) -> int:
     modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     method = args.method or next(iter(method_specs(benchmark)))
     run_speed(benchmark, sizes, method=method, steps=args.steps, warmup=args.warmup,
-              compile_modes=modes, out_json=args.out)
+              compile_modes=modes, packs=args.pack, lr=args.lr, out_json=args.out)
     return 0
 
 
@@ -348,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=COUNT, default=30, help="steps excluded from the timing")
     p.add_argument("--compile", choices=["off", "on", "both"], default="both")
     p.add_argument("--method", help="a method label of the benchmark (default: its first method)")
+    p.add_argument("--pack", type=POSITIVE, nargs="+", default=[1], metavar="K",
+                   help="members of one ensemble (K peak LRs a factor sqrt(10) apart around --lr); several: each")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak LR of a single run, centre of a pack's LRs")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_speed)
 

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TypedDict
 
 import torch
 
+from .readout import fused_cross_entropy_and_log_z
+
 if TYPE_CHECKING:  # pragma: no cover
     from .model import GPT
 
@@ -164,20 +166,23 @@ class Context:
         return x.reshape(x.shape[0], -1).mean(dim=1)
 
     @property
-    def member_logits(self) -> list[torch.Tensor]:
-        """Each member's output logits (B, T, V), computed from ``hidden`` on first use (the
-        training loss itself never materializes them: stabench.readout), with grad in loss hooks."""
-        if "member_logits" not in self.cache:
-            self.cache["member_logits"] = self.model.readout(self.hidden)
-        return self.cache["member_logits"]
+    def logits(self) -> torch.Tensor:
+        """The output logits (K, B, T, V), computed from ``hidden`` on first use with one batched
+        product (the training loss itself never materializes them: stabench.readout), with grad
+        in loss hooks. Prefer ``log_z`` where it suffices."""
+        if "logits" not in self.cache:
+            if "member_logits" in self.cache:
+                self.cache["logits"] = torch.stack(self.cache["member_logits"])
+            else:
+                self.cache["logits"] = self.model.readout(self.hidden)
+        return self.cache["logits"]
 
     @property
-    def logits(self) -> torch.Tensor:
-        """The output logits (K, B, T, V), stacked on first use (a copy of the step's largest
-        tensors: prefer ``log_z`` or ``member_logits`` where they suffice)."""
-        if "logits" not in self.cache:
-            self.cache["logits"] = torch.stack(self.member_logits)
-        return self.cache["logits"]
+    def member_logits(self) -> list[torch.Tensor]:
+        """Each member's output logits (B, T, V): views of ``logits``."""
+        if "member_logits" not in self.cache:
+            self.cache["member_logits"] = list(self.logits.unbind(0))
+        return self.cache["member_logits"]
 
     @property
     def log_z(self) -> torch.Tensor:
@@ -185,12 +190,11 @@ class Context:
         training step it comes with the step's cross-entropy from one fused pass over the
         readout (no logits materialized); else from the logits."""
         if "log_z" not in self.cache:
-            if self.fused_readout and "member_logits" not in self.cache:
-                from .readout import fused_cross_entropy_and_log_z
+            if self.fused_readout and "member_logits" not in self.cache and "logits" not in self.cache:
                 self.cache["lm_loss"], self.cache["log_z"] = fused_cross_entropy_and_log_z(
                     self.hidden, self.model.head.weight, self.targets)
             else:
-                self.cache["log_z"] = torch.stack([torch.logsumexp(x.float(), dim=-1) for x in self.member_logits])
+                self.cache["log_z"] = torch.logsumexp(self.logits.float(), dim=-1)
         return self.cache["log_z"]
 
 

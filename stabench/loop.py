@@ -32,7 +32,9 @@ import platform
 import time
 import warnings
 from collections import defaultdict
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -44,10 +46,10 @@ from . import curvature  # noqa: F401  (registers its probe)
 from .checkpoint import set_rng_state
 from .config import ConfigError
 from .contract import Context
-from .data import load_data, train_batch, val_windows
+from .batches import Batches
+from .data import load_data, val_windows
 from .ensemble import Ensemble, build_member
 from .methods import MethodStack, param_options
-from .model import members_of
 from .probes import all_probes, families, run_probes
 from .progress import Progress
 from .readout import fused_cross_entropy
@@ -88,10 +90,14 @@ def make_accelerator(device: str, precision: str, trackers: list[str] = (), proj
                        log_with=list(trackers) or None, project_dir=project_dir)
 
 
-def member_cross_entropy(member_logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of each member: K logits (B, T, V), targets (K or 1, B, T) -> (K,)."""
-    targets = members_of(targets, len(member_logits))
-    return torch.stack([F.cross_entropy(x.float().flatten(0, 1), t.flatten()) for x, t in zip(member_logits, targets)])
+def member_cross_entropy(logits: torch.Tensor | list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss of each member: logits (K, B, T, V) (or K of (B, T, V)), targets
+    (K or 1, B, T) -> (K,), through the logits (twice differentiable), all members at once."""
+    logits = torch.stack(logits) if isinstance(logits, (list, tuple)) else logits
+    k, vocab = logits.shape[0], logits.shape[-1]
+    targets = targets.expand(k, *targets.shape[1:])
+    losses = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), reduction="none")
+    return losses.view(k, -1).mean(dim=1)
 
 
 def is_probe_step(step: int, train: dict) -> bool:
@@ -125,11 +131,12 @@ def check_own_folders(out_dirs: list[Path]) -> None:
 
 
 def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
-          pack: bool = True) -> list[dict]:
+          pack: bool = True, instrument: Callable[[int, bool], AbstractContextManager] | None = None) -> list[dict]:
     """Train runs of one (method, size) together; return their metrics in the order given.
 
     ``pack=False`` (or a method that declares itself unpackable, or several processes) trains
-    them one at a time through the same loop."""
+    them one at a time through the same loop. ``instrument(step, probing)``, if given, is a
+    context manager entered around each training step (``stabench speed`` counts ops with it)."""
     if not runs or len(runs) != len(out_dirs):
         raise ValueError(f"train: {len(runs)} runs for {len(out_dirs)} output folders")
     check_same_ensemble(runs)
@@ -148,15 +155,17 @@ def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, prog
         for i, m in enumerate(waiting):
             groups[i if alone else m.resume_step].append(m)
         for group in groups.values():
-            EnsembleRun(group, stack, data, progress).run()
+            EnsembleRun(group, stack, data, progress, instrument).run()
     return [m.metrics for m in members]
 
 
 class EnsembleRun:
     """Training state of one ensemble: members, model, optimizer, schedule, loss buffer."""
 
-    def __init__(self, members: list[Member], stack: MethodStack, data, progress: bool):
+    def __init__(self, members: list[Member], stack: MethodStack, data, progress: bool,
+                 instrument: Callable[[int, bool], AbstractContextManager] | None = None):
         self.members, self.stack, self.data = members, stack, data
+        self.instrument = instrument or (lambda step, probing: nullcontext())
         self.config = members[0].config
         self.train_cfg = self.config["train"]
         self.device_kind, self.precision = resolve_device(self.config)
@@ -198,8 +207,12 @@ class EnsembleRun:
         self.loss_buffer = torch.zeros(self.train_cfg["probe_every"], len(members), 2, device=self.device)
         self.buffered: list[int] = []  # steps whose losses are in the buffer
         self.last_probe = members[0].history[-1]["step"] if members[0].history else 0
-        model = self.ensemble.model
-        self.features = torch.compile(model.features) if self.train_cfg["compile"] else model.features
+        self.batches = Batches(data.train, self.train_cfg, [m.config["seed"] for m in members], self.rank,
+                               self.world, self.device)
+        # train.compile: the step's forward (features, readout, the methods' loss terms) as one
+        # graph, its backward as another (AOTAutograd); probe steps (attention-logit capture) are
+        # a second pair. Nothing in them reads a value on the host.
+        self.forward_loss = torch.compile(self._forward_loss) if self.train_cfg["compile"] else self._forward_loss
         self.progress = Progress(self.train_cfg["steps"], self.step, self._title(), enabled=progress)
 
     @property
@@ -213,25 +226,32 @@ class EnsembleRun:
     # ---- pieces of a step -------------------------------------------------------------------
 
     def batch(self, step: int) -> torch.Tensor:
-        """(S, B / world, T + 1) token windows of this rank: S = 1 when the members share a seed."""
-        seeds = [m.config["seed"] for m in self.members]
-        unique = sorted(set(seeds))
-        tr = self.train_cfg
-        host = {s: train_batch(self.data.train, step, tr["batch_size"], tr["seq_len"], s, self.rank, self.world)
-                for s in unique}
-        stacked = host[unique[0]][None] if len(unique) == 1 else np.stack([host[s] for s in seeds])
-        batch = torch.from_numpy(stacked)
-        if self.device.type == "cuda":
-            batch = batch.pin_memory()  # so the copy below is asynchronous
-        batch = batch.to(self.device, non_blocking=True)
+        """(S, B / world, T + 1) token windows of this rank, after the methods' transform_batch."""
+        batch = self.batches(step)
         hook = self.stack.exclusive("transform_batch")
         return hook[0](batch, step, self.config, hook[1]) if hook else batch
 
     def context(self, step: int, **fields) -> Context:
         return Context(step=step, tokens=self.tokens_at[step], config=self.config, model=self.ensemble.model,
-                       peak_lrs=tuple(m.config["lr"] for m in self.members),
-                       seeds=tuple(m.config["seed"] for m in self.members),
-                       autocast=self.accelerator.autocast, **fields)
+                       peak_lrs=self.peak_lrs, seeds=self.seeds, autocast=self.accelerator.autocast, **fields)
+
+    @property
+    def peak_lrs(self) -> tuple[float, ...]:
+        return tuple(m.config["lr"] for m in self.members)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return tuple(m.config["seed"] for m in self.members)
+
+    def _forward_loss(self, batch: torch.Tensor, lr: torch.Tensor, step: int, tokens: int, capture: bool):
+        """(language-model loss (K,), optimized loss (K,), hidden states, attention maxima or None):
+        the part of a step that ``train.compile`` compiles (with its backward)."""
+        hidden, maxima = self.ensemble.model.features(batch[..., :-1], capture)
+        ctx = Context(step=step, tokens=tokens, config=self.config, model=self.ensemble.model,
+                      peak_lrs=self.peak_lrs, seeds=self.seeds, lr=lr, batch=batch, hidden=hidden,
+                      targets=batch[..., 1:], fused_readout=True)
+        lm_loss, total = self.losses(ctx)
+        return lm_loss, total, hidden, maxima
 
     def train_step(self, step: int, probing: bool) -> Context:
         ensemble = self.ensemble
@@ -239,9 +259,7 @@ class EnsembleRun:
         lr = self.lr_table[step]
         ensemble.zero_grad()
         with self.accelerator.autocast():
-            hidden, maxima = self.features(batch[..., :-1], probing)
-            ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:], fused_readout=True)
-            lm_loss, total = self.losses(ctx)
+            lm_loss, total, hidden, maxima = self.forward_loss(batch, lr, step, self.tokens_at[step], probing)
         total.sum().backward()
         if self.world > 1:
             torch.distributed.all_reduce(ensemble.grad)
@@ -253,6 +271,7 @@ class EnsembleRun:
         self.optimizer.step(lr)
         self.loss_buffer[len(self.buffered)] = torch.stack([lm_loss.detach(), total.detach().float()], dim=1)
         self.buffered.append(step)
+        ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:], fused_readout=True)
         ctx.optimizer, ctx.grad_norm = OptimizerView(self.optimizer, lr), grad_norm
         ctx.objective = lambda params=None: self.objective(step, lr, batch, params)
         if maxima is not None:
@@ -329,7 +348,7 @@ class EnsembleRun:
                 logits = self.ensemble.model.readout(hidden)
             n = batch.shape[1]
             losses = losses + member_cross_entropy(logits, batch[..., 1:]) * n
-            log_z = log_z + torch.stack([torch.logsumexp(x.float(), dim=-1).mean() for x in logits]) * n
+            log_z = log_z + Context.member_mean(torch.logsumexp(logits.float(), dim=-1)) * n
             layer_max = maxima if layer_max is None else torch.maximum(layer_max, maxima)
         n = len(self.windows)
         values = torch.stack([losses / n, log_z / n]).cpu().tolist()
@@ -357,7 +376,8 @@ class EnsembleRun:
             self.step += 1
             step = self.step
             probing = is_probe_step(step, tr)
-            ctx = self.train_step(step, probing)
+            with self.instrument(step, probing):
+                ctx = self.train_step(step, probing)
             self.progress.update()
             checkpointing = step % tr["checkpoint_every"] == 0 and step < tr["steps"]
             if not (probing or checkpointing):
@@ -419,6 +439,7 @@ class EnsembleRun:
             if alive:
                 self.ensemble.keep(alive)
                 self.optimizer.keep(alive)
+                self.batches.keep(list(self.seeds))
                 self.lr_table = self.lr_table[:, alive].contiguous()
                 self.loss_buffer = self.loss_buffer[:, alive].contiguous()
 

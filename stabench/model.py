@@ -10,8 +10,7 @@ LR and seed (a separate run is K = 1). Every parameter and buffer has shape (K, 
 matrix is (K, out, in), a LayerNorm gain (K, d), an embedding (K, rows, d). The forward takes
 token ids (K or 1, B, T) (1 = every member reads the same batch) and returns logits
 (K, B, T, vocab): one batched matrix product per layer for all members (``torch.bmm``), so a
-pack of small models costs one model's worth of kernel launches and Python, not K (only the
-readout, whose logits are the largest tensors of a step, runs member by member). The
+pack of small models costs one model's worth of kernel launches and Python, not K. The
 engine builds each member as a K = 1 model (seeded init, then the methods' transforms) and
 stacks them (``stabench.ensemble``); member k of a pack computes exactly what the K = 1 run
 of the same config computes, up to float reduction order.
@@ -25,7 +24,7 @@ The model names no stabilization method. It exposes the points methods need:
   layer type each parameter is.
 The trainer calls ``features`` (everything up to the final LayerNorm; with ``capture`` it also
 returns the largest attention logit of every layer and member, on probe steps only; it
-writes no module state, so it compiles) and ``readout`` (the head, one member at a time).
+writes no module state, so it compiles) and, for evaluation, ``readout`` (the head).
 """
 
 from __future__ import annotations
@@ -98,11 +97,12 @@ class Embedding(nn.Module):
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if weight.shape[0] == 1:
+        k, rows = weight.shape[0], weight.shape[1]
+        if k == 1:
             return F.embedding(idx, weight[0])
-        ids = members_of(idx, weight.shape[0])
-        # One lookup per member; unbind's backward stacks the K table gradients in one copy.
-        return torch.stack([F.embedding(i, w) for i, w in zip(ids.unbind(0), weight.unbind(0))])
+        # One lookup in the (K * rows, dim) table for all members: member k reads rows k * rows + id.
+        offsets = torch.arange(0, k * rows, rows, device=idx.device).view(k, *[1] * (idx.dim() - 1))
+        return F.embedding(idx + offsets, weight.reshape(k * rows, -1))
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, members={self.weight.shape[0]}"
@@ -237,17 +237,14 @@ class GPT(nn.Module):
                 maxima.append(max_logit)
         return self.ln_f(x), torch.stack(maxima) if capture else None
 
-    def readout(self, h: torch.Tensor) -> list[torch.Tensor]:
-        """Hidden states (K, B, T, d) -> each member's logits (B, T, vocab).
-
-        One matrix product per member, not a batched one: the logits are the largest tensors of
-        a step, and a member's logits, softmax and their gradients stay in cache together."""
-        weight = self.head.weight
-        return [F.linear(hk, wk) for hk, wk in zip(h.unbind(0), weight.unbind(0))]
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states (K, B, T, d) -> logits (K, B, T, vocab), one batched product. The
+        training loss does not call it (stabench.readout never keeps the logits)."""
+        return self.head(h)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Token ids (K or 1, B, T) -> logits (K, B, T, vocab)."""
-        return torch.stack(self.readout(self.features(idx)[0]))
+        return self.readout(self.features(idx)[0])
 
     def num_parameters(self, non_embedding: bool = True) -> int:
         """Parameters of one member; with ``non_embedding`` (the default) without the vocabulary

@@ -1,28 +1,44 @@
-"""The readout and its cross-entropy, fused: the training loss without materializing logits.
+"""The readout and its cross-entropy, fused: the training loss of every member in a few kernels.
 
-At the sizes this benchmark trains, the output logits (batch x time x vocabulary per member)
-are the largest tensors of a step, and the plain path (logits, log-softmax, NLL, then their
-backward) passes over them about ten times. Here each member's loss is computed in chunks of
-rows: logits of a chunk, their logsumexp, the target logits, and at once the gradient of the
-mean cross-entropy (softmax minus one-hot, over N), which two matrix products turn into the
-gradients of the hidden states and of the head weight. Each chunk stays in cache; the
-backward only scales the saved gradients. Forward and backward took 1.4x less time than the
-plain path on one CPU thread (N = V = 2048, d = 32 and 64; ``scripts/bench_readout.py``
-prints the figures and the largest gradient difference, about 1e-9).
+At the sizes this benchmark trains, the output logits (members x rows x vocabulary) are the
+largest tensors of a step, and the plain path (logits, log-softmax, NLL, then their backward)
+passes over them about ten times. Here the loss of all K members is computed at once, in
+chunks of rows: one batched product gives the chunk's logits (K, rows, V), then their
+logsumexp, the target logits, and at once the gradient of the mean cross-entropy (softmax
+minus one-hot, over N), which two batched products turn into the gradients of the hidden
+states and of the head weights. The backward only scales the saved gradients.
+
+Chunks are sized by a memory budget of the device (``logits_budget_bytes``: an eighth of the
+free memory of a GPU, a sixteenth of a CPU's RAM), not by a cache: on a GPU the logits of a
+whole step usually fit, so a step's readout is about ten kernels whatever K and the batch.
+The number of kernels does not grow with the members, only with the chunks that memory
+forces. Under bf16 autocast the products run in bf16 with float32 accumulation (as any
+autocast matmul) and the logsumexp in float32.
+
+Why not a library: cut-cross-entropy and Liger-Kernel's fused linear cross-entropy take one
+classifier matrix (V, d) and Triton kernels for CUDA only; a pack has K of them, so each would
+be called K times (launches growing with K), and the CPU path, which CI runs, would still need
+this code. Their idea is the same: never keep the logits, form the gradient in the forward.
 
 A loss term on the output normalizer log Z (z-loss: ``Context.log_z``) gets it from
 ``fused_cross_entropy_and_log_z``: the same chunks give the logsumexp of every position, the
 cross-entropy from it, and nothing else in the forward; the backward recomputes each chunk's
 logits once and forms the gradient of both (softmax x (g_ce / N + g_logZ) - one-hot x
-g_ce / N). One extra matrix product per chunk instead of materializing the logits. A term
-that needs the logits themselves (``Context.member_logits``) computes them, and its gradient
-adds to this one. Second derivatives (the curvature probe) use the plain path, which is also
-the reference the tests compare these with.
+g_ce / N). One extra product per chunk instead of keeping the logits. A term that needs the
+logits themselves (``Context.member_logits``) computes them, and its gradient adds to this
+one. Second derivatives (the curvature probe) use the plain path, which is also the reference
+the tests compare these with (float64).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+
 import torch
+
+CPU_RAM_FRACTION = 16   # a chunk's float32 logits may take 1/16 of the RAM of a CPU ...
+GPU_FREE_FRACTION = 8   # ... or 1/8 of the memory a GPU has free when training starts
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -30,98 +46,120 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-def chunk_rows(vocab: int) -> int:
-    """Rows per chunk: about a million logits (4 MB in float32), at least 64 rows."""
-    return max(64, (1 << 20) // max(vocab, 1))
+@functools.lru_cache(maxsize=None)
+def _budget(device_type: str, index: int | None) -> int:
+    if device_type == "cuda":
+        free, _ = torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())
+        return free // GPU_FREE_FRACTION
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // CPU_RAM_FRACTION
+
+
+def logits_budget_bytes(device: torch.device) -> int:
+    """Bytes one chunk's float32 logits may take on ``device`` (read once per device and process:
+    the free memory of a GPU before training allocates, so no query runs on the hot path)."""
+    return _budget(device.type, device.index)
+
+
+def chunk_rows(members: int, vocab: int, device: torch.device) -> int:
+    """Rows per chunk so that the chunk's logits of all members fit the device's budget."""
+    return max(1, logits_budget_bytes(device) // (4 * members * vocab))
+
+
+def _chunks(n: int, rows: int) -> list[slice]:
+    return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
+
+
+def _flat(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
+    """(K, B, T, d), (K, V, d), (K or 1, B, T) -> hidden (K, N, d), targets (K, N, 1)."""
+    k, d = hidden.shape[0], hidden.shape[-1]
+    return hidden.reshape(k, -1, d), targets.expand(k, *targets.shape[1:]).reshape(k, -1, 1)
 
 
 class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # hidden (N, d), weight (V, d), targets (N,) -> mean cross-entropy ()
-        n = hidden.shape[0]
-        chunk = chunk_rows(weight.shape[0])
+        # hidden (K, N, d), weight (K, V, d), targets (K, N, 1) -> mean cross-entropy of each member (K,)
+        k, n, _ = hidden.shape
         need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        total = torch.zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32), device=hidden.device)
-        grad_hidden = torch.empty_like(hidden) if need_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32)) if need_grad else None
-        for start in range(0, n, chunk):
-            rows = hidden[start:start + chunk]
-            target = targets[start:start + chunk, None]
-            logits = _wide(rows @ weight.T)
+        wide = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros(k, dtype=wide, device=hidden.device)
+        grad_hidden, grad_weight = [], None
+        for rows in _chunks(n, chunk_rows(k, weight.shape[1], hidden.device)):
+            h, target = hidden[:, rows], targets[:, rows]
+            logits = _wide(torch.bmm(h, weight.transpose(1, 2)))            # (K, c, V)
             lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (lse - logits.gather(1, target)).sum()
+            total = total + (lse - logits.gather(2, target)).sum(dim=(1, 2))
             if need_grad:
                 probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
-                probs.scatter_add_(1, target, torch.full_like(lse, -1.0))
-                probs = probs.to(rows.dtype)
-                grad_hidden[start:start + chunk] = probs @ weight
-                grad_weight.addmm_(_wide(probs.T), _wide(rows))
+                probs.scatter_add_(2, target, torch.full_like(lse, -1.0))
+                probs = probs.to(h.dtype)
+                grad_hidden.append(torch.bmm(probs, weight))                    # (K, c, d)
+                part = torch.bmm(probs.transpose(1, 2), h)                       # (K, V, d)
+                grad_weight = _wide(part) if grad_weight is None else grad_weight + _wide(part)
         if need_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+            grad_hidden = grad_hidden[0] if len(grad_hidden) == 1 else torch.cat(grad_hidden, dim=1)
+            ctx.save_for_backward(grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype))
         ctx.rows = n
         return total / n
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        scale = grad_output / ctx.rows
-        return grad_hidden * scale, grad_weight * scale, None
+        scale = grad_output / ctx.rows                                           # (K,)
+        return grad_hidden * scale[:, None, None], grad_weight * scale[:, None, None], None
 
 
 class _FusedCrossEntropyAndLogZ(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor):
-        # hidden (N, d), weight (V, d), targets (N,) -> (mean cross-entropy (), log Z (N,))
-        n, chunk = hidden.shape[0], chunk_rows(weight.shape[0])
-        wide = torch.promote_types(hidden.dtype, torch.float32)
-        log_z = torch.empty(n, dtype=wide, device=hidden.device)
-        target_logits = torch.empty(n, dtype=wide, device=hidden.device)
-        for start in range(0, n, chunk):
-            logits = _wide(hidden[start:start + chunk] @ weight.T)
-            log_z[start:start + chunk] = torch.logsumexp(logits, dim=-1)
-            target_logits[start:start + chunk] = logits.gather(1, targets[start:start + chunk, None])[:, 0]
+        # hidden (K, N, d), weight (K, V, d), targets (K, N, 1) -> (mean cross-entropy (K,), log Z (K, N))
+        k, n, _ = hidden.shape
+        log_z, target_logits = [], []
+        for rows in _chunks(n, chunk_rows(k, weight.shape[1], hidden.device)):
+            logits = _wide(torch.bmm(hidden[:, rows], weight.transpose(1, 2)))
+            log_z.append(torch.logsumexp(logits, dim=-1))
+            target_logits.append(logits.gather(2, targets[:, rows])[..., 0])
+        log_z = log_z[0] if len(log_z) == 1 else torch.cat(log_z, dim=1)
+        target_logits = target_logits[0] if len(target_logits) == 1 else torch.cat(target_logits, dim=1)
         ctx.save_for_backward(hidden, weight, targets, log_z)
         device = hidden.device.type  # the backward recomputes the logits under the same autocast
         ctx.amp = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
-        return (log_z - target_logits).mean(), log_z
+        return (log_z - target_logits).mean(dim=1), log_z
 
     @staticmethod
     def backward(ctx, grad_ce: torch.Tensor | None, grad_log_z: torch.Tensor | None):
         hidden, weight, targets, log_z = ctx.saved_tensors
-        n, chunk = hidden.shape[0], chunk_rows(weight.shape[0])
-        ce_scale = (grad_ce if grad_ce is not None else torch.zeros((), device=hidden.device)) / n
-        grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=log_z.dtype)
+        k, n, _ = hidden.shape
+        ce_scale = (grad_ce if grad_ce is not None else torch.zeros(k, dtype=log_z.dtype, device=hidden.device))
+        ce_scale = (ce_scale / n)[:, None, None]                                 # (K, 1, 1)
         device, amp_on, amp_dtype = ctx.amp
-        for start in range(0, n, chunk):
-            rows, target = hidden[start:start + chunk], targets[start:start + chunk, None]
+        grad_hidden, grad_weight = [], None
+        for rows in _chunks(n, chunk_rows(k, weight.shape[1], hidden.device)):
+            h, target = hidden[:, rows], targets[:, rows]
             with torch.autocast(device, dtype=amp_dtype, enabled=amp_on):
-                logits = rows @ weight.T
-            probs = _wide(logits).sub_(log_z[start:start + chunk, None]).exp_()  # softmax
-            scale = ce_scale if grad_log_z is None else ce_scale + grad_log_z[start:start + chunk, None]
-            probs.mul_(scale).scatter_add_(1, target, (-ce_scale).expand(target.shape).to(probs.dtype))
-            probs = probs.to(rows.dtype)
-            grad_hidden[start:start + chunk] = probs @ weight
-            grad_weight.addmm_(_wide(probs.T), _wide(rows))
-        return grad_hidden, grad_weight.to(weight.dtype), None
+                logits = torch.bmm(h, weight.transpose(1, 2))
+            probs = _wide(logits).sub_(log_z[:, rows, None]).exp_()  # softmax
+            scale = ce_scale if grad_log_z is None else ce_scale + grad_log_z[:, rows, None]
+            probs.mul_(scale).scatter_add_(2, target, (-ce_scale).expand(target.shape).to(probs.dtype))
+            with torch.autocast(device, dtype=amp_dtype, enabled=amp_on):
+                grad_hidden.append(torch.bmm(probs, weight))
+                part = torch.bmm(probs.transpose(1, 2), h)
+            grad_weight = _wide(part) if grad_weight is None else grad_weight + _wide(part)
+        grad_hidden = grad_hidden[0] if len(grad_hidden) == 1 else torch.cat(grad_hidden, dim=1)
+        return grad_hidden.to(hidden.dtype), grad_weight.to(weight.dtype), None
 
 
 def fused_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss of each member: hidden (K, B, T, d), head weight (K, V, d),
     targets (K or 1, B, T) -> (K,), with gradients for hidden and weight."""
-    k, d = hidden.shape[0], hidden.shape[-1]
-    targets = targets.expand(k, *targets.shape[1:])
-    return torch.stack([_FusedCrossEntropy.apply(h.reshape(-1, d), w, t.reshape(-1))
-                        for h, w, t in zip(hidden.unbind(0), weight.unbind(0), targets.unbind(0))])
+    rows, target = _flat(hidden, weight, targets)
+    return _FusedCrossEntropy.apply(rows, weight, target)
 
 
 def fused_cross_entropy_and_log_z(hidden: torch.Tensor, weight: torch.Tensor,
                                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean next-token loss (K,), log Z (K, B, T)) of each member, both with gradients for
-    hidden and weight, without materializing the logits (see the module docstring)."""
-    k, d = hidden.shape[0], hidden.shape[-1]
-    targets = targets.expand(k, *targets.shape[1:])
-    pairs = [_FusedCrossEntropyAndLogZ.apply(h.reshape(-1, d), w, t.reshape(-1))
-             for h, w, t in zip(hidden.unbind(0), weight.unbind(0), targets.unbind(0))]
-    return torch.stack([ce for ce, _ in pairs]), torch.stack([lz for _, lz in pairs]).view(*hidden.shape[:-1])
+    hidden and weight, without keeping the logits (see the module docstring)."""
+    rows, target = _flat(hidden, weight, targets)
+    ce, log_z = _FusedCrossEntropyAndLogZ.apply(rows, weight, target)
+    return ce, log_z.view(*hidden.shape[:-1])

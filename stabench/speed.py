@@ -1,27 +1,39 @@
-"""``stabench speed``: tokens/s and model FLOP utilization of the real trainer.
+"""``stabench speed``: tokens/s, model FLOP utilization and ops per step of the real trainer.
 
-It times the real training loop (``stabench.loop.train``) (probes at their interval, the same optimizer and autocast), on
-random tokens so that no corpus or tokenizer is needed, for named sizes of a benchmark or
-explicit shapes, compiled and not. The first ``warmup`` steps (compilation, allocator
-warm-up) are excluded: throughput is measured between two probe rows of the history.
+It times the real training loop (``stabench.loop.train``: probes at their interval, the same
+optimizer and autocast) on random tokens, so that no corpus or tokenizer is needed, for named
+sizes of a benchmark or explicit shapes, compiled and not, as one run (``--pack 1``) or as a
+pack of K runs at K learning rates (``--pack K``: one ensemble, the way the workflow trains a
+sweep). The first ``warmup`` steps (compilation, allocator warm-up) are excluded: throughput
+is measured between two probe rows of the history, which are host syncs, so the times are
+the device's. Total tokens/s counts every member's tokens; per member is that over K.
 
-FLOPs per token follow the usual estimate (Kaplan et al.; nanoGPT's estimate_mfu):
-6 x (matmul parameters) + 12 x n_layers x seq_len x d_model for attention scores and mixing.
+Ops per step: the aten ops dispatched during one non-probe training step (forward, backward,
+clipping, update, the batch), counted with a ``TorchDispatchMode`` on any device. On a GPU in
+eager mode each of them is about one kernel launch, so the count is the step's launch budget;
+under ``torch.compile`` only what runs outside the compiled graphs is dispatched, so the
+count is taken in eager mode only. FLOPs per token are ``stabench.resources.flops_per_token``
+(6 x matmul parameters + attention, as nanoGPT's estimate_mfu).
 """
 
 from __future__ import annotations
 
 import copy
 import csv
+import math
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from .config import ConfigError
 from .io import write_json
-from .loop import train
+from .loop import is_probe_step, train
 from .recorder import HISTORY_NAME
+from .resources import flops_per_token
 from .runspec import resolve_run
 
 # Dense bf16 peak of known accelerators, TFLOP/s (vendor figures, without sparsity).
@@ -32,9 +44,16 @@ def peak_tflops(device_name: str) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in device_name), None)
 
 
-def flops_per_token(d_model: int, n_layers: int, vocab: int, seq_len: int, mlp_ratio: int = 4) -> float:
-    matmul_params = n_layers * (4 + 2 * mlp_ratio) * d_model ** 2 + d_model * vocab
-    return 6 * matmul_params + 12 * n_layers * seq_len * d_model
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched while it is active (every op of every thread it reaches)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
 
 
 def random_token_data(folder: Path, data_cfg: dict, vocab: int, n_tokens: int, seed: int = 0) -> Path:
@@ -60,47 +79,82 @@ def throughput(history: list[dict], warmup: int) -> float | None:
     return (last["tokens"] - first["tokens"]) / max(last["time"] - first["time"], 1e-9)
 
 
+def pack_lrs(lr: float, pack: int) -> list[float]:
+    """K peak LRs a factor sqrt(10) apart, centred on ``lr`` (the grid a sweep would train)."""
+    return [lr * math.sqrt(10) ** (i - (pack - 1) // 2) for i in range(pack)]
+
+
+def first_plain_step(train_cfg: dict) -> int:
+    """The first step after step 1 (lazy initialization) that is not a probe step."""
+    step = 2
+    while is_probe_step(step, train_cfg) and step < train_cfg["steps"]:
+        step += 1
+    return step
+
+
 def measure(benchmark: dict, size: str, *, method: str, steps: int, warmup: int, compile_model: bool,
-            workdir: Path, lr: float = 1e-3) -> dict:
+            workdir: Path, lr: float = 1e-3, pack: int = 1, count_ops: bool = True) -> dict:
     bench = copy.deepcopy(benchmark)
     bench["train"].update(steps=steps, compile=compile_model, eval_every=steps + 1, eval_windows=4,
                           checkpoint_every=steps + 1, warmup_steps=min(bench["train"]["warmup_steps"], steps // 10))
-    run = resolve_run(bench, method=method, size=size, lr=lr, seed=0)
-    config = run.config
-    vocab = bench["data"]["vocab_size"]
-    tokens_needed = steps * bench["train"]["batch_size"] * (bench["train"]["seq_len"] + 1) + 10 * bench["train"]["seq_len"]
+    runs = [resolve_run(bench, method=method, size=size, lr=x, seed=0) for x in pack_lrs(lr, pack)]
+    config = runs[0].config
+    tr, vocab = bench["train"], bench["data"]["vocab_size"]
+    tokens_needed = steps * tr["batch_size"] * (tr["seq_len"] + 1) + 10 * tr["seq_len"]
     data_dir = random_token_data(workdir / "data", bench["data"], vocab, max(tokens_needed, 1_000_000))
-    out = workdir / f"{size}-{'compiled' if compile_model else 'eager'}"
-    metrics, = train([run], [out], data_dir, progress=False)
-    with open(out / HISTORY_NAME) as f:
-        history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
-    tok_s = throughput(history, warmup) or metrics["tokens_per_second"]  # whole loop if too few probes
+    mode = "compiled" if compile_model else "eager"
+    outs = [workdir / f"{size}-{mode}-k{pack}" / f"lr{i}" for i in range(pack)]
+    counter, count_at = OpCounter(), first_plain_step(config["train"])
+    counting = count_ops and not compile_model
+
+    def instrument(step: int, probing: bool):
+        return counter if counting and step == count_at and not probing else nullcontext()
+
+    metrics = train(runs, outs, data_dir, progress=False, instrument=instrument)
+    speeds = []
+    for out, m in zip(outs, metrics):
+        with open(out / HISTORY_NAME) as f:
+            history = [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+        speeds.append(throughput(history, warmup) or m["tokens_per_second"])  # whole loop if too few probes
+    finished = [m for m in metrics if not m.get("diverged")]
+    per_member = float(np.median(speeds))
     dims = config["model"]
-    flops = flops_per_token(dims["d_model"], dims["n_layers"], vocab, bench["train"]["seq_len"], dims["mlp_ratio"])
-    peak = peak_tflops(metrics["device"])
+    flops = flops_per_token(dims, vocab, tr["seq_len"], dims["mlp_ratio"])
+    total = per_member * pack
+    peak = peak_tflops(metrics[0]["device"])
     return {"size": size, "d_model": dims["d_model"], "n_layers": dims["n_layers"], "compiled": compile_model,
-            "batch": bench["train"]["batch_size"], "seq_len": bench["train"]["seq_len"], "vocab": vocab,
-            "tokens_per_second": tok_s, "tflops": tok_s * flops / 1e12,
-            "mfu": tok_s * flops / 1e12 / peak if peak else None, "device": metrics["device"],
-            "precision": metrics["precision"], "probe_every": bench["train"]["probe_every"]}
+            "pack": pack, "batch": tr["batch_size"], "seq_len": tr["seq_len"], "vocab": vocab,
+            "tokens_per_second": total, "tokens_per_second_per_member": per_member,
+            "tflops": total * flops / 1e12, "mfu": total * flops / 1e12 / peak if peak else None,
+            "ops_per_step": counter.count if counting else None, "members_finished": len(finished),
+            "device": metrics[0]["device"], "precision": metrics[0]["precision"], "torch": torch.__version__,
+            "probe_every": tr["probe_every"], "steps": steps}
 
 
 def run_speed(benchmark: dict, sizes: list[str], *, method: str, steps: int, warmup: int,
-              compile_modes: list[bool], out_json: Path | None = None) -> list[dict]:
+              compile_modes: list[bool], packs: list[int] = (1,), lr: float = 1e-3,
+              out_json: Path | None = None) -> list[dict]:
     results = []
     with tempfile.TemporaryDirectory(prefix="stabench-speed-") as tmp:
         for size in sizes:
             for compile_model in compile_modes:
-                row = measure(benchmark, size, method=method, steps=steps, warmup=warmup,
-                              compile_model=compile_model, workdir=Path(tmp))
-                results.append(row)
-                mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] is not None else "  n/a"
-                print(f"{size:>10s} d{row['d_model']:<5d} L{row['n_layers']:<3d} "
-                      f"{'compiled' if compile_model else 'eager':>8s}  {row['tokens_per_second']:>12,.0f} tok/s  "
-                      f"{row['tflops']:8.2f} TFLOP/s  MFU {mfu}  ({row['device']}, {row['precision']})", flush=True)
+                for pack in packs:
+                    row = measure(benchmark, size, method=method, steps=steps, warmup=warmup,
+                                  compile_model=compile_model, workdir=Path(tmp), pack=pack, lr=lr)
+                    results.append(row)
+                    print(format_row(row), flush=True)
     if out_json:
         write_json(out_json, results)
     return results
+
+
+def format_row(row: dict) -> str:
+    mfu = f"{100 * row['mfu']:5.1f}%" if row["mfu"] is not None else "  n/a"
+    ops = f"{row['ops_per_step']:6d} ops/step" if row["ops_per_step"] is not None else "   n/a ops/step"
+    return (f"{row['size']:>10s} d{row['d_model']:<5d} L{row['n_layers']:<3d} "
+            f"{'compiled' if row['compiled'] else 'eager':>8s} K={row['pack']:<3d} "
+            f"{row['tokens_per_second']:>12,.0f} tok/s ({row['tokens_per_second_per_member']:,.0f} per member)  "
+            f"{row['tflops']:8.2f} TFLOP/s  MFU {mfu}  {ops}  ({row['device']}, {row['precision']})")
 
 
 def shape_sizes(shapes: list[str]) -> dict[str, dict]:
@@ -115,4 +169,3 @@ def shape_sizes(shapes: list[str]) -> dict[str, dict]:
             raise ConfigError(f"--shape {shape!r}: allowed: three integers >= 1, e.g. 128x2x2")
         sizes[f"d{d}L{layers}"] = {"d_model": d, "n_layers": layers, "n_heads": heads}
     return sizes
-

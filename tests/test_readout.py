@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stabench.readout import chunk_rows, fused_cross_entropy, fused_cross_entropy_and_log_z
+from stabench.readout import chunk_rows, fused_cross_entropy, fused_cross_entropy_and_log_z, logits_budget_bytes
 
 K, B, T, D = 3, 2, 5, 8
 
@@ -58,15 +58,27 @@ def test_cross_entropy_alone_equals_the_plain_path():
     torch.testing.assert_close(weight.grad, want[3], rtol=1e-12, atol=1e-12)
 
 
-def test_chunks_do_not_change_the_result(monkeypatch):
+@pytest.mark.parametrize("fn", [fused_cross_entropy_and_log_z, fused_cross_entropy])
+def test_chunks_do_not_change_the_result(monkeypatch, fn):
     import stabench.readout as readout
     hidden, weight, targets = inputs(50)
-    whole = grads(fused_cross_entropy_and_log_z, hidden, weight, targets, 0.3)
-    monkeypatch.setattr(readout, "chunk_rows", lambda vocab: 3)  # 10 rows in chunks of 3
-    chunked = grads(fused_cross_entropy_and_log_z, hidden, weight, targets, 0.3)
+    pair = (lambda *a: (fn(*a), torch.zeros(K, B, T, dtype=torch.float64))) if fn is fused_cross_entropy else fn
+    whole = grads(pair, hidden, weight, targets, 0.3)
+    monkeypatch.setattr(readout, "chunk_rows", lambda members, vocab, device: 3)  # 10 rows in chunks of 3
+    chunked = grads(pair, hidden, weight, targets, 0.3)
     for a, b in zip(whole, chunked):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert chunk_rows(2048) == 512 and chunk_rows(10 ** 6) == 64
+
+
+def test_chunks_are_sized_by_the_device_memory_not_by_a_cache():
+    """The logits of a GPU-shaped step (7 members x 64 x 256 rows x vocabulary 8192) fit in one
+    or a few chunks, so the readout's kernels do not grow with rows or members."""
+    cpu = torch.device("cpu")
+    budget = logits_budget_bytes(cpu)
+    assert budget >= 2 ** 28  # 256 MiB of float32 logits on any machine that trains
+    rows = chunk_rows(7, 8192, cpu)
+    assert rows == max(1, budget // (4 * 7 * 8192))
+    assert -(-64 * 256 // rows) <= 8
 
 
 def test_the_loop_takes_log_z_from_the_fused_pass():

@@ -7,6 +7,7 @@ Public API::
     prepare_data(data_cfg, out_dir, progress=True) -> manifest dict
     load_data(out_dir) -> TokenData
     train_batch(tokens, step, batch_size, seq_len, seed, rank=0, world_size=1) -> int64 array
+    train_starts(n_tokens, step, batch_size, seq_len, seed, rank=0, world_size=1) -> its offsets
     val_windows(tokens, n_windows, seq_len) -> int64 array
 
 Every user-facing failure is a :class:`DataError` (a ``ValueError``) with a
@@ -17,7 +18,7 @@ from .corpus import load_documents
 from .errors import DataError
 from .prepare import TokenData, load_data, prepare_data
 from .split import split_documents
-from .windows import train_batch, val_windows
+from .windows import train_batch, train_starts, val_windows
 
 __all__ = [
     "DataError",
@@ -27,5 +28,6 @@ __all__ = [
     "prepare_data",
     "split_documents",
     "train_batch",
+    "train_starts",
     "val_windows",
 ]

@@ -17,23 +17,31 @@ import numpy as np
 from .errors import DataError
 
 
+def train_starts(
+    n_tokens: int, step: int, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
+) -> np.ndarray:
+    """Offsets of this rank's ``batch_size / world_size`` training windows at ``step`` (int64)."""
+    if not 0 <= rank < world_size or batch_size % world_size:
+        raise ValueError(f"rank {rank} of world_size {world_size} with batch_size {batch_size}")
+    width = seq_len + 1
+    if n_tokens < width:
+        raise DataError(
+            f"train split has {n_tokens} tokens, fewer than seq_len + 1 = {width}; "
+            "valid: a larger corpus or a shorter seq_len"
+        )
+    rng = np.random.default_rng([seed, step, 0])
+    starts = rng.integers(0, n_tokens - width, size=batch_size, endpoint=True)
+    share = batch_size // world_size
+    return starts[rank * share:(rank + 1) * share]
+
+
 def train_batch(
     tokens: np.ndarray, step: int, batch_size: int, seq_len: int, seed: int, rank: int = 0, world_size: int = 1
 ) -> np.ndarray:
     """Return this rank's int64 ``(batch_size / world_size, seq_len + 1)`` share of the global batch
     of windows at random offsets (inputs = [:, :-1], targets = [:, 1:])."""
-    if not 0 <= rank < world_size or batch_size % world_size:
-        raise ValueError(f"rank {rank} of world_size {world_size} with batch_size {batch_size}")
-    width = seq_len + 1
-    if len(tokens) < width:
-        raise DataError(
-            f"train split has {len(tokens)} tokens, fewer than seq_len + 1 = {width}; "
-            "valid: a larger corpus or a shorter seq_len"
-        )
-    rng = np.random.default_rng([seed, step, 0])
-    starts = rng.integers(0, len(tokens) - width, size=batch_size, endpoint=True)
-    share = batch_size // world_size
-    return _gather(tokens, starts[rank * share:(rank + 1) * share], width)
+    starts = train_starts(len(tokens), step, batch_size, seq_len, seed, rank, world_size)
+    return _gather(tokens, starts, seq_len + 1)
 
 
 def val_windows(tokens: np.ndarray, n_windows: int, seq_len: int) -> np.ndarray:
