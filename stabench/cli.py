@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", choices=["off", "on", "both"], default="both")
     p.add_argument("--method", help="a method label of the benchmark (default: its first method)")
     p.add_argument("--pack", type=POSITIVE, nargs="+", default=[1], metavar="K",
-                   help="members of one ensemble (K peak LRs a factor sqrt(10) apart around --lr); several: each")
+                   help="members of one ensemble (K peak LRs a factor 2^(1/4) apart around --lr); several: each")
     p.add_argument("--lr", type=float, default=1e-3, help="peak LR of a single run, centre of a pack's LRs")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_speed)

@@ -52,7 +52,7 @@ from .ensemble import Ensemble, build_member
 from .methods import MethodStack, param_options
 from .probes import all_probes, families, run_probes
 from .progress import Progress
-from .readout import fused_cross_entropy
+from .readout import fused_cross_entropy, logits_budget_bytes
 from .recorder import Member
 from .runlock import run_locks
 from .runspec import ResolvedRun
@@ -212,7 +212,11 @@ class EnsembleRun:
         # train.compile: the step's forward (features, readout, the methods' loss terms) as one
         # graph, its backward as another (AOTAutograd); probe steps (attention-logit capture) are
         # a second pair. Nothing in them reads a value on the host.
-        self.forward_loss = torch.compile(self._forward_loss) if self.train_cfg["compile"] else self._forward_loss
+        logits_budget_bytes(self.device)  # read once, before compiling
+        self.forward_loss = self._forward_loss
+        if self.train_cfg["compile"]:
+            torch.compiler.reset()  # graphs of an earlier ensemble in this process guard on its objects
+            self.forward_loss = torch.compile(self._forward_loss)
         self.progress = Progress(self.train_cfg["steps"], self.step, self._title(), enabled=progress)
 
     @property

@@ -32,7 +32,6 @@ the tests compare these with (float64).
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -46,18 +45,21 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
-@functools.lru_cache(maxsize=None)
-def _budget(device_type: str, index: int | None) -> int:
-    if device_type == "cuda":
-        free, _ = torch.cuda.mem_get_info(index if index is not None else torch.cuda.current_device())
-        return free // GPU_FREE_FRACTION
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // CPU_RAM_FRACTION
+_BUDGETS: dict[tuple[str, int | None], int] = {}
 
 
 def logits_budget_bytes(device: torch.device) -> int:
-    """Bytes one chunk's float32 logits may take on ``device`` (read once per device and process:
-    the free memory of a GPU before training allocates, so no query runs on the hot path)."""
-    return _budget(device.type, device.index)
+    """Bytes one chunk's float32 logits may take on ``device``, read once per device and process
+    (the free memory of a GPU before training allocates), so no query runs on the hot path and
+    a compiled step sees a constant (the trainer reads it before compiling)."""
+    key = (device.type, device.index)
+    if key not in _BUDGETS:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            _BUDGETS[key] = free // GPU_FREE_FRACTION
+        else:
+            _BUDGETS[key] = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // CPU_RAM_FRACTION
+    return _BUDGETS[key]
 
 
 def chunk_rows(members: int, vocab: int, device: torch.device) -> int:

@@ -3,8 +3,8 @@
 It times the real training loop (``stabench.loop.train``: probes at their interval, the same
 optimizer and autocast) on random tokens, so that no corpus or tokenizer is needed, for named
 sizes of a benchmark or explicit shapes, compiled and not, as one run (``--pack 1``) or as a
-pack of K runs at K learning rates (``--pack K``: one ensemble, the way the workflow trains a
-sweep). The first ``warmup`` steps (compilation, allocator warm-up) are excluded: throughput
+pack of K runs at K learning rates around ``--lr`` (``--pack K``: one ensemble, the way the
+workflow trains a sweep). The first ``warmup`` steps (compilation, allocator warm-up) are excluded: throughput
 is measured between two probe rows of the history, which are host syncs, so the times are
 the device's. Total tokens/s counts every member's tokens; per member is that over K.
 
@@ -80,8 +80,9 @@ def throughput(history: list[dict], warmup: int) -> float | None:
 
 
 def pack_lrs(lr: float, pack: int) -> list[float]:
-    """K peak LRs a factor sqrt(10) apart, centred on ``lr`` (the grid a sweep would train)."""
-    return [lr * math.sqrt(10) ** (i - (pack - 1) // 2) for i in range(pack)]
+    """K peak LRs a factor 2^(1/4) apart, centred on ``lr``: a sweep's shape, narrow enough that
+    no member diverges and leaves (which would change what is timed)."""
+    return [lr * 2 ** ((i - (pack - 1) / 2) / 4) for i in range(pack)]
 
 
 def first_plain_step(train_cfg: dict) -> int:
