@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from analysis_synthetic import L0, SIZES, noise, runs_table, settings_for
 
+from analysis.claim_checks import NO_VERDICT, PER_SIZE_SEEDS
 from analysis.claim_stats import Context
 from analysis.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, SUPPORTED, ClaimError, check, claims_table,
                              load_claims, sentence)
@@ -60,7 +61,23 @@ SENSITIVITY_CLAIMS = [("qk_layernorm_lowers_lr_sensitivity", "qk_layernorm", "ba
 def test_sensitivity_claims(claim_id, method, against, how, expected):
     res = verdict(claim_id, compare_runs(method, against, how))
     assert res.verdict == expected, sentence(res)
-    assert [f.scope for f in res.findings] == ["s1", "s2"]
+    # 3 seeds: the per-size rows carry numbers but no verdict; the mean over sizes decides
+    assert [f.scope for f in res.findings] == ["s1", "s2", "across sizes"]
+    assert [f.verdict for f in res.findings][:2] == [NO_VERDICT, NO_VERDICT]
+    assert f"a per-size verdict needs >= {PER_SIZE_SEEDS}" in res.findings[0].detail
+    five = verdict(claim_id, compare_runs(method, against, how, seeds=range(PER_SIZE_SEEDS)))
+    assert five.verdict == expected and [f.scope for f in five.findings] == ["s1", "s2"]
+    assert {f.verdict for f in five.findings} == {expected}
+
+
+def test_no_per_size_verdict_on_three_seeds():
+    """One size, 3 seeds: a verdict there would be a per-size verdict; 5 seeds give one."""
+    runs = compare_runs("qk_layernorm", "baseline", "better", sizes=("s1",))
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs)
+    assert res.verdict == NOT_TESTABLE and f"needs >= {PER_SIZE_SEEDS} seeds for a verdict at one size" in res.reason
+    res = verdict("qk_layernorm_lowers_lr_sensitivity",
+                  compare_runs("qk_layernorm", "baseline", "better", sizes=("s1",), seeds=range(5)))
+    assert res.verdict == SUPPORTED and [f.scope for f in res.findings] == ["s1"]
 
 
 @pytest.mark.parametrize("claim_id,method,against", SENSITIVITY_CLAIMS)
@@ -81,7 +98,7 @@ def test_one_size_supported_other_contradicted_is_inconclusive():
     def loss(m, si, li, seed):
         better = (m == "qk_layernorm") == (si == 0)
         return curve(0.6)(li) + noise(seed) - (0.5 if better and li == 2 else 0)
-    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs_table(loss, ["baseline", "qk_layernorm"]))
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs_table(loss, ["baseline", "qk_layernorm"], seeds=range(5)))
     assert res.verdict == INCONCLUSIVE and [f.verdict for f in res.findings] == [SUPPORTED, CONTRADICTED]
 
 
@@ -297,11 +314,14 @@ def test_claims_table_rows_and_sentences():
     results = [check(c, ctx) for c in CLAIMS.values()]
     table = claims_table(results, 0.95)
     qk = table[table["claim_id"] == "qk_layernorm_lowers_lr_sensitivity"]
-    assert list(qk["scope"]) == ["s1", "s2"] and set(qk["verdict"]) == {SUPPORTED}
+    assert list(qk["scope"]) == ["s1", "s2", "across sizes"] and set(qk["verdict"]) == {SUPPORTED}
+    assert list(qk["scope_verdict"]) == [NO_VERDICT, NO_VERDICT, SUPPORTED]
+    assert (qk["seeds"] == 3).all() and (qk["seeds_for_size_verdict"] == PER_SIZE_SEEDS).all()
     assert (qk["ci_high"] < 0).all() and (qk["figure"] == "figures/loss_vs_lr.png").all()
-    assert qk["sentence"].iloc[0].startswith("qk-layernorm lowers LR sensitivity: supported at s1 and s2 (s1: ")
-    assert "95 % CI" in qk["sentence"].iloc[0] and (qk["summary"] == "supported at s1 and s2").all()
-    assert qk["detail"].str.contains("qk_layernorm's LR sensitivity is 0.167 nats below baseline's").all()
+    assert qk["sentence"].iloc[0].startswith("qk-layernorm lowers LR sensitivity: supported across sizes (s1: ")
+    assert "95 % CI" in qk["sentence"].iloc[0] and (qk["summary"] == "supported across sizes").all()
+    assert qk["detail"].iloc[:2].str.contains("qk_layernorm's LR sensitivity is 0.167 nats below baseline's").all()
+    assert qk["detail"].iloc[2].startswith("mean over 2 sizes, qk_layernorm's LR sensitivity minus baseline's is -0.167")
     untested = table[table["verdict"] == NOT_TESTABLE]
     assert len(untested) == len(CLAIMS) - 2 and untested["detail"].str.startswith("needs").all()
     assert set(table["claim_id"]) == set(CLAIMS)
