@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_synthetic import L0, SIZES, noise, runs_table, settings_for
+from analysis_synthetic import L0, SIZES, benchmark, noise, runs_table, settings_for
 
 from analysis.claim_checks import NO_VERDICT, PER_SIZE_SEEDS
 from analysis.claim_stats import Context
@@ -118,8 +118,36 @@ def test_z_loss_log_z_drift(how, expected):
     assert all(f.method == "nwd_z" and f.against == "no_weight_decay" for f in res.findings)
 
 
+def test_z_loss_claim_is_tested_without_weight_decay_only():
+    """With weight decay there is no log-Z divergence for z-loss to prevent (Wortsman 3.1.2):
+    z_loss against a baseline with decay is not what the claim tests."""
+    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if m == "z_loss" else 2.0) + noise(seed)}
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"], extra=drift)
+    res = verdict("z_loss_keeps_log_z_from_drifting", runs)
+    assert res.verdict == NOT_TESTABLE and res.reason.startswith("needs no_weight_decay+z_loss beside no_weight_decay")
+
+
+def test_cpu_logits_benchmark_tests_the_z_loss_claim():
+    """cpu_logits has one size: it has the no-weight-decay pair and the seeds a per-size verdict needs."""
+    import yaml
+
+    from analysis.settings import resolve
+    from stabench.config import method_specs
+    bench = yaml.safe_load((CLAIMS_DIR.parent / "benchmarks" / "cpu_logits.yaml").read_text())
+    specs = method_specs(bench)
+    assert len(bench["sizes"]) == 1 and len(bench["seeds"]) >= PER_SIZE_SEEDS
+    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if "z_loss" in specs[m]["use"] else 2.0) + noise(seed)}
+    runs = runs_table(lambda m, si, li, seed: 3.0, list(specs), sizes=("s1",), seeds=bench["seeds"],
+                      uses={m: v["use"] for m, v in specs.items()}, extra=drift)
+    settings = resolve(benchmark(bench["methods"], sizes=("s1",), seeds=bench["seeds"]), runs)
+    res = check(CLAIMS["z_loss_keeps_log_z_from_drifting"], Context.build(runs, settings))
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {
+        ("no_weight_decay+z_loss", "no_weight_decay"), ("no_weight_decay+z_loss_1e-2", "no_weight_decay")}
+
+
 def test_z_loss_not_testable_without_the_column():
-    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"])
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"], uses={"nwd_z": "z_loss+no_weight_decay"})
     res = verdict("z_loss_keeps_log_z_from_drifting", runs)
     assert res.verdict == NOT_TESTABLE and "log_z_drift" in res.reason
 
