@@ -1,6 +1,7 @@
 """Claims from the papers, checked on the runs a benchmark has: claims.csv and its sentences.
 
-A claim is a small YAML entry in claims/ (format: claims/schema.yaml): what it says, which
+A claim is a small YAML entry in claims/ (format: claims/schema.yaml): what it says, the paper's
+section and the sentence it tests (quote, or a marked paraphrase; both go into claims.csv), which
 methods it compares (by label, by the method names they use, or 'reference'), the statistic,
 the direction, what it needs. This module loads the files, runs each claim's test
 (analysis/claim_checks.py) and words the verdicts. A claim is supported when every scope it
@@ -27,7 +28,7 @@ __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICT
 
 CLAIM_COLUMNS = ["claim_id", "claim", "verdict", "summary", "scope", "scope_verdict", "method", "against",
                  "statistic", "unit", "estimate", "ci_low", "ci_high", "confidence", "seeds", "seeds_for_size_verdict",
-                 "numbers", "detail", "sentence", "figure", "source"]
+                 "numbers", "detail", "sentence", "figure", "source", "section", "quote", "paraphrase"]
 
 
 class ClaimError(ValueError):
@@ -128,7 +129,8 @@ def claims_table(results: list[Result], confidence: float) -> pd.DataFrame:
                 "statistic": c.get("statistic", c["test"]), "unit": label(c.get("statistic", ""), c.get("probe"))[1]
                 if c.get("statistic") else "", "confidence": confidence, "sentence": sentence(res),
                 "summary": verdict_phrase(res), "seeds": res.seeds, "seeds_for_size_verdict": PER_SIZE_SEEDS,
-                "figure": f"figures/{catalog.figure_file(c['figure'])}", "source": c["source"]}
+                "figure": f"figures/{catalog.figure_file(c['figure'])}", "source": c["source"],
+                "section": c["section"], "quote": c["quote"], "paraphrase": bool(c.get("paraphrase", False))}
         if not res.findings:
             rows.append({**base, "scope": "", "scope_verdict": res.verdict, "detail": res.reason})
         for f in res.findings:

@@ -277,6 +277,67 @@ def test_adam_atan2_matches_adam(how, expected):
     assert "margin +-0.02" in res.findings[0].detail
 
 
+# ---------------------------------------------------------------- Everett et al.: parameterization, epsilon
+
+@pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
+def test_sp_per_layer_lr_beats_mup(how, expected):
+    """Best loss (each method at its own best LR) of sp_per_layer_lr against everett_mup; the two
+    methods' best LRs differ, which the statistic ignores."""
+    def loss(m, si, li, seed):
+        best = 1 if m == "sp_per_layer_lr" else 2
+        base = 2.5 + 0.3 * abs(li - best) + noise(seed)
+        if how == "same":
+            return base + (swing(seed, 0.1) if m == "sp_per_layer_lr" else 0.0)
+        better = (m == "sp_per_layer_lr") == (how == "better")
+        return base - (0.1 if better else 0.0)
+    res = verdict("sp_per_layer_lr_beats_mup", runs_table(loss, ["everett_mup", "sp_per_layer_lr"]))
+    assert res.verdict == expected, sentence(res)
+    assert res.findings[-1].scope == "across sizes" and res.findings[-1].method == "sp_per_layer_lr"
+
+
+def test_sp_per_layer_lr_needs_two_widths():
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["everett_mup", "sp_per_layer_lr"]).assign(d_model=64)
+    res = verdict("sp_per_layer_lr_beats_mup", runs)
+    assert res.verdict == NOT_TESTABLE and "widths" in res.reason
+
+
+EPS = ["eps_1e-6", "eps_width_scaled", "eps_1e-15", "adam_atan2"]
+EPS_SPECS = [{"label": "eps_1e-6", "use": "adam_eps", "args": {"adam_eps": {"eps": 1e-6}}}, "eps_width_scaled",
+             {"label": "eps_1e-15", "use": "adam_eps", "args": {"adam_eps": {"eps": 1e-15}}}, "adam_atan2"]
+
+
+def eps_verdict(runs):
+    from analysis.settings import resolve
+    sizes = tuple(dict.fromkeys(runs["size"]))
+    settings = resolve(benchmark(EPS_SPECS, sizes=sizes, reference="eps_width_scaled"), runs)
+    return check(CLAIMS["fixed_eps_falls_behind_with_width"], Context.build(runs, settings))
+
+
+@pytest.mark.parametrize("how,expected", [("grows", SUPPORTED), ("shrinks", CONTRADICTED), ("flat", INCONCLUSIVE)])
+def test_fixed_eps_falls_behind_with_width(how, expected):
+    """eps_1e-6's best loss minus each comparison's, against size: growing with width (gradient
+    underflow), shrinking, or flat with seed noise."""
+    def loss(m, si, li, seed):
+        base = curve(0.3)(li) + noise(seed)
+        if m != "eps_1e-6":
+            return base
+        if how == "flat":
+            return base + 0.05 + swing(seed, 0.05) * (si - 1)
+        return base + (0.05 * si if how == "grows" else 0.1 - 0.05 * si)
+    uses = {"eps_1e-6": "adam_eps", "eps_1e-15": "adam_eps"}
+    res = eps_verdict(runs_table(loss, EPS, sizes=SIZES, uses=uses))
+    assert res.verdict == expected, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {("eps_1e-6", m) for m in EPS[1:]}
+    assert "minus eps_width_scaled's" in " ".join(f.detail for f in res.findings)
+
+
+def test_eps_claim_not_testable():
+    res = verdict("fixed_eps_falls_behind_with_width", runs_table(lambda m, si, li, seed: 3.0, ["baseline", "adam_atan2"]))
+    assert res.verdict == NOT_TESTABLE and res.reason.startswith("needs eps_1e-6 beside eps_width_scaled")
+    runs = runs_table(lambda m, si, li, seed: 3.0, EPS, sizes=SIZES[:1])
+    assert eps_verdict(runs).reason == "needs >= 2 sizes (this grid has 1)"
+
+
 # ---------------------------------------------------------------- curvature and spikes
 
 def spike_runs(spikes, near, near_steps, n=6):
@@ -315,7 +376,9 @@ def test_depth_warmup_lowers_curvature(how, expected):
 # ---------------------------------------------------------------- files, table, sentences
 
 def test_shipped_claims_load_and_every_test_kind_is_covered():
-    assert len(CLAIMS) == 12
+    assert len(CLAIMS) == 14
+    for c in CLAIMS.values():  # every claim names its section and quotes (or marks a paraphrase) one line
+        assert c["section"] and c["quote"] and "\n" not in c["quote"], c["id"]
     assert {c["test"] for c in CLAIMS.values()} == {"compare", "trend", "holdout_prediction", "spike_coincidence"}
 
 
@@ -324,14 +387,17 @@ def test_claim_selection_and_errors(tmp_path):
     with pytest.raises(ClaimError, match="unknown claim id"):
         load_claims(CLAIMS_DIR, ("nope",))
     (tmp_path / "schema.yaml").write_text((CLAIMS_DIR / "schema.yaml").read_text())
-    (tmp_path / "mine.yaml").write_text("id: x\nclaim: c\nsource: s\ntest: compare\nfigure: loss_vs_lr\ndirection: up\n")
+    (tmp_path / "mine.yaml").write_text("id: x\nclaim: c\nsource: s\nsection: '1'\nquote: q\ntest: compare\nfigure: loss_vs_lr\ndirection: up\n")
     with pytest.raises(ClaimError, match="mine.yaml: direction"):
         load_claims(tmp_path)
-    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: nope}\n")
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n")
+    with pytest.raises(ClaimError, match="'section' is a required property"):
+        load_claims(tmp_path)
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: nope}\n")
     with pytest.raises(ClaimError, match="figure 'nope'"):
         load_claims(tmp_path)
-    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n"
-                                        "- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n")
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: log_z}\n"
+                                        "- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: log_z}\n")
     with pytest.raises(ClaimError, match="already used"):
         load_claims(tmp_path)
 
@@ -354,3 +420,6 @@ def test_claims_table_rows_and_sentences():
     assert len(untested) == len(CLAIMS) - 2 and untested["detail"].str.startswith("needs").all()
     assert set(table["claim_id"]) == set(CLAIMS)
     assert L0 not in table["estimate"].tolist()
+    row = table.set_index("claim_id").loc["adam_atan2_matches_adam"]
+    assert row["section"] == "Abstract" and row["quote"].startswith("Finally, we demonstrate") and not row["paraphrase"]
+    assert bool(table.set_index("claim_id").loc["longer_warmup_lowers_lr_sensitivity", "paraphrase"])
