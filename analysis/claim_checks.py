@@ -1,12 +1,24 @@
 """How a claim is tested: which methods a claim means, what it needs, and the four tests.
 
 Verdict of one scope (a size, or across sizes) from the interval of the paired difference
-(compare) or of the slope (trend), at the benchmark's confidence:
+(compare) or of the slope (trend), at the benchmark's confidence (a t-interval over a cluster
+bootstrap of seeds, analysis/bootstrap.py):
     lower / decreasing   supported if the interval lies below 0, contradicted if above 0
     higher / increasing  the mirror image
     equivalent           supported if it lies within +-margin, contradicted if it lies outside
 anything else is inconclusive. holdout_prediction and spike_coincidence are described at their
-functions. Each test returns one Finding per scope, or raises NotTestable with what the grid
+functions.
+
+Seeds a verdict at one size needs: PER_SIZE_SEEDS (5). A per-size difference rests on k seeds,
+k - 1 degrees of freedom of seed-to-seed spread. At 3 seeds the cluster bootstrap has 10
+distinct resamples, the spread is estimated from two degrees of freedom, and the statistics
+compared here are sums over a handful of LR cells in which one seed diverging at one LR moves a
+cell by several nats: the verdict is then decided by one cell of one seed (as happened to the
+log-Z claim at 3 seeds). From 5 seeds on (126 distinct resamples, 4 degrees of freedom, t(4) =
+2.78 instead of t(2) = 4.30) one seed's cell weighs a fifth. With fewer seeds a compare claim
+is judged once, on the mean over sizes of the paired difference (its clusters are whole seeds
+across every size, so pooling sizes does not pretend they are independent) and needs >= 2 sizes;
+the per-size rows keep their estimate and interval with scope verdict NO_VERDICT. Each test returns one Finding per scope, or raises NotTestable with what the grid
 lacks (methods, sizes, seeds, a probe). No method is named here: claims name them.
 """
 
@@ -26,6 +38,8 @@ from analysis.statistics import slope
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE = "supported", "contradicted", "inconclusive", "not testable here"
 VERDICTS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE)
+NO_VERDICT = "no per-size verdict"  # a per-size row on fewer than PER_SIZE_SEEDS seeds (module doc)
+PER_SIZE_SEEDS = 5
 DEFAULT_SEEDS = {"compare": 2, "trend": 2, "holdout_prediction": 1, "spike_coincidence": 1}
 
 
@@ -88,6 +102,7 @@ def scope_verdict(lo: float, hi: float, direction: str, margin: float | None = N
 
 
 def combine(verdicts: list[str]) -> str:
+    verdicts = [v for v in verdicts if v != NO_VERDICT]
     if verdicts and all(v == SUPPORTED for v in verdicts):
         return SUPPORTED
     if CONTRADICTED in verdicts and SUPPORTED not in verdicts:
@@ -106,57 +121,100 @@ def _ci(ctx: Context, lo: float, hi: float) -> str:
 
 # ------------------------------------------------------------------------- tests
 
-def check_compare(claim: dict, ctx: Context) -> list[Finding]:
-    """Paired differences method - against of the claim's statistic, per size (or across)."""
+def _pairs(claim: dict, ctx: Context) -> list[tuple[str, str]]:
     pairs = []
     for sel_a, sel_b in claim["pairs"]:
         pairs += [(a, b) for a in matches(sel_a, ctx) for b in matches(sel_b, ctx) if a != b]
     if not pairs:
         wanted = " or ".join(f"{a} beside {_name(b, ctx)}" for a, b in claim["pairs"])
         raise NotTestable(f"needs {wanted}")
+    return pairs
+
+
+def _pooled_needs(ctx: Context) -> None:
+    """With fewer than PER_SIZE_SEEDS seeds a per-size claim is judged on >= 2 sizes pooled."""
+    k, n = len(ctx.grid.seeds), len(ctx.grid.sizes)
+    if k < PER_SIZE_SEEDS and n < 2:
+        raise NotTestable(f"needs >= {PER_SIZE_SEEDS} seeds for a verdict at one size, or >= 2 sizes to judge "
+                          f"the mean over sizes (this grid has {k} seeds and {n} size)")
+
+
+def check_compare(claim: dict, ctx: Context) -> list[Finding]:
+    """Paired differences method - against of the claim's statistic, per size with >=
+    PER_SIZE_SEEDS seeds, else as the mean over sizes (module doc); or across sizes."""
+    pairs = _pairs(claim, ctx)
     needs(claim, ctx)
     stat, probe = claim["statistic"], claim.get("probe")
     words, unit = label(stat, probe)
+    k = len(ctx.grid.seeds)
+    per_size = k >= PER_SIZE_SEEDS
     findings = []
     for a, b in pairs:
         ia, ib = ctx.grid.methods.index(a), ctx.grid.methods.index(b)
         pt, bs, across = values(ctx, stat, probe, claim.get("probe_hint", ""), pair=(ia, ib))
+        if not across:
+            _pooled_needs(ctx)
         scopes = [ACROSS] if across else list(ctx.grid.sizes)
+        diff_pt, diff_bs = pt[ia] - pt[ib], bs[:, ia] - bs[:, ib]
         for si, scope in enumerate(scopes):
-            est = float(pt[ia, si] - pt[ib, si])
-            lo, hi = ctx.boot.interval(bs[:, ia, si] - bs[:, ib, si])
-            verdict = scope_verdict(float(lo), float(hi), claim["direction"], claim.get("margin"))
+            est = float(diff_pt[si])
+            lo, hi = (float(x) for x in ctx.boot.interval(diff_bs[:, si], est))
+            judged = across or per_size
+            verdict = scope_verdict(lo, hi, claim["direction"], claim.get("margin")) if judged else NO_VERDICT
             side = "below" if est < 0 else "above" if est > 0 else "equal to"
             detail = (f"{'across sizes' if across else 'at ' + scope}, {a}'s {words} is "
                       f"{' '.join(filter(None, [fmt(abs(est)), unit])) + ' ' if est else ''}{side} {b}'s "
-                      f"({fmt(pt[ia, si])} vs {fmt(pt[ib, si])}; {_ci(ctx, float(lo), float(hi))})")
+                      f"({fmt(pt[ia, si])} vs {fmt(pt[ib, si])}; {_ci(ctx, lo, hi)})")
             if claim["direction"] == "equivalent":
                 detail += f", margin +-{fmt(claim['margin'])}"
-            numbers = f"{scope}: {a} − {b} = {fmt(est)} {unit} ({_ci(ctx, float(lo), float(hi))})"
-            findings.append(Finding(scope, verdict, detail, a, b, est, float(lo), float(hi), numbers))
+            if not judged:
+                detail += f"; no verdict at one size with {k} seeds (a per-size verdict needs >= {PER_SIZE_SEEDS})"
+            numbers = f"{scope}: {a} − {b} = {fmt(est)} {unit} ({_ci(ctx, lo, hi)})"
+            findings.append(Finding(scope, verdict, detail, a, b, est, lo, hi, numbers))
+        if not (across or per_size):
+            both = np.isfinite(diff_pt)
+            est = float(diff_pt[both].mean()) if both.any() else math.nan
+            lo, hi = (float(x) for x in ctx.boot.interval(diff_bs[:, both].mean(axis=1), est)) \
+                if both.any() else (math.nan, math.nan)
+            verdict = scope_verdict(lo, hi, claim["direction"], claim.get("margin"))
+            detail = (f"mean over {int(both.sum())} sizes, {a}'s {words} minus {b}'s is {fmt(est)}"
+                      f"{' ' + unit if unit else ''} ({_ci(ctx, lo, hi)}; {k} seeds, resampled whole across sizes)")
+            if claim["direction"] == "equivalent":
+                detail += f", margin +-{fmt(claim['margin'])}"
+            numbers = f"mean over sizes: {a} − {b} = {fmt(est)} {unit} ({_ci(ctx, lo, hi)})"
+            findings.append(Finding(ACROSS, verdict, detail, a, b, est, lo, hi, numbers))
     return findings
 
 
 def check_trend(claim: dict, ctx: Context) -> list[Finding]:
-    """Slope of a method's statistic against log10(non-embedding parameters), across sizes."""
-    methods = matches(claim["method"], ctx)
-    if not methods:
-        raise NotTestable(f"needs {claim['method']}")
+    """Slope against log10(non-embedding parameters), across sizes, of a method's statistic
+    (``method``) or of the paired difference method - against (``pairs``)."""
+    if "pairs" in claim:
+        pairs = _pairs(claim, ctx)
+    else:
+        pairs = [(m, "") for m in matches(claim["method"], ctx)]
+        if not pairs:
+            raise NotTestable(f"needs {claim['method']}")
     needs(claim, ctx)
     params = size_params(ctx.runs)
     x = np.log10([params.get(s, np.nan) for s in ctx.grid.sizes])
     words, unit = label(claim["statistic"], claim.get("probe"))
     findings = []
-    for m in methods:
+    for m, against in pairs:
         i = ctx.grid.methods.index(m)
-        pt, bs, _ = values(ctx, claim["statistic"], claim.get("probe"), claim.get("probe_hint", ""))
-        est, reps = float(slope(pt[i], x)), slope(bs[:, i], x)
-        lo, hi = ctx.boot.interval(reps)
-        verdict = scope_verdict(float(lo), float(hi), claim["direction"])
-        detail = (f"{m}'s {words} changes by {fmt(est)} {unit} per tenfold non-embedding parameters "
-                  f"over {len(x)} sizes ({_ci(ctx, float(lo), float(hi))})")
-        numbers = f"{m}: slope {fmt(est)} {unit} per tenfold size ({_ci(ctx, float(lo), float(hi))})"
-        findings.append(Finding(ACROSS, verdict, detail, m, "", est, float(lo), float(hi), numbers))
+        j = ctx.grid.methods.index(against) if against else None
+        pt, bs, _ = values(ctx, claim["statistic"], claim.get("probe"), claim.get("probe_hint", ""),
+                           pair=(i, j) if against else None)
+        y_pt, y_bs = (pt[i] - pt[j], bs[:, i] - bs[:, j]) if against else (pt[i], bs[:, i])
+        est, reps = float(slope(y_pt, x)), slope(y_bs, x)
+        lo, hi = (float(v) for v in ctx.boot.interval(reps, est))
+        verdict = scope_verdict(lo, hi, claim["direction"], claim.get("margin"))
+        what = f"{m}'s {words} minus {against}'s" if against else f"{m}'s {words}"
+        detail = (f"{what} changes by {fmt(est)} {unit} per tenfold non-embedding parameters "
+                  f"over {len(x)} sizes ({_ci(ctx, lo, hi)})")
+        who = f"{m} − {against}" if against else m
+        numbers = f"{who}: slope {fmt(est)} {unit} per tenfold size ({_ci(ctx, lo, hi)})"
+        findings.append(Finding(ACROSS, verdict, detail, m, against, est, lo, hi, numbers))
     return findings
 
 

@@ -1,6 +1,7 @@
 """Claims from the papers, checked on the runs a benchmark has: claims.csv and its sentences.
 
-A claim is a small YAML entry in claims/ (format: claims/schema.yaml): what it says, which
+A claim is a small YAML entry in claims/ (format: claims/schema.yaml): what it says, the paper's
+section and the sentence it tests (quote, or a marked paraphrase; both go into claims.csv), which
 methods it compares (by label, by the method names they use, or 'reference'), the statistic,
 the direction, what it needs. This module loads the files, runs each claim's test
 (analysis/claim_checks.py) and words the verdicts. A claim is supported when every scope it
@@ -18,16 +19,16 @@ import pandas as pd
 import yaml
 
 from analysis import catalog
-from analysis.claim_checks import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, SUPPORTED, TESTS, VERDICTS, Finding,
-                                   combine)
+from analysis.claim_checks import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, PER_SIZE_SEEDS, SUPPORTED, TESTS,
+                                   VERDICTS, Finding, combine)
 from analysis.claim_stats import ACROSS, Context, NotTestable, label
 
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "ClaimError", "Result",
            "load_claims", "check", "verdict_phrase", "sentence", "claims_table"]
 
 CLAIM_COLUMNS = ["claim_id", "claim", "verdict", "summary", "scope", "scope_verdict", "method", "against",
-                 "statistic", "unit", "estimate", "ci_low", "ci_high", "confidence", "numbers", "detail", "sentence",
-                 "figure", "source"]
+                 "statistic", "unit", "estimate", "ci_low", "ci_high", "confidence", "seeds", "seeds_for_size_verdict",
+                 "numbers", "detail", "sentence", "figure", "source", "section", "quote", "paraphrase"]
 
 
 class ClaimError(ValueError):
@@ -41,6 +42,7 @@ class Result:
     verdict: str
     findings: list[Finding] = field(default_factory=list)
     reason: str = ""
+    seeds: int = 0  # seeds of the grid it was tested on (a per-size verdict needs PER_SIZE_SEEDS)
 
 
 def load_claims(claims_dir: Path | str, ids: tuple[str, ...] | None = None) -> list[dict]:
@@ -76,11 +78,12 @@ def check(claim: dict, ctx: Context) -> Result:
     """One claim's verdict on the runs of ctx."""
     if ctx.runs.empty:
         return Result(claim, NOT_TESTABLE, reason="needs runs")
+    seeds = len(ctx.grid.seeds)
     try:
         findings = TESTS[claim["test"]](claim, ctx)
     except NotTestable as exc:
-        return Result(claim, NOT_TESTABLE, reason=str(exc))
-    return Result(claim, combine([f.verdict for f in findings]), findings)
+        return Result(claim, NOT_TESTABLE, reason=str(exc), seeds=seeds)
+    return Result(claim, combine([f.verdict for f in findings]), findings, seeds=seeds)
 
 
 def _where(scopes: list[str]) -> str:
@@ -125,8 +128,9 @@ def claims_table(results: list[Result], confidence: float) -> pd.DataFrame:
         base = {"claim_id": c["id"], "claim": c["claim"].strip(), "verdict": res.verdict,
                 "statistic": c.get("statistic", c["test"]), "unit": label(c.get("statistic", ""), c.get("probe"))[1]
                 if c.get("statistic") else "", "confidence": confidence, "sentence": sentence(res),
-                "summary": verdict_phrase(res),
-                "figure": f"figures/{catalog.figure_file(c['figure'])}", "source": c["source"]}
+                "summary": verdict_phrase(res), "seeds": res.seeds, "seeds_for_size_verdict": PER_SIZE_SEEDS,
+                "figure": f"figures/{catalog.figure_file(c['figure'])}", "source": c["source"],
+                "section": c["section"], "quote": c["quote"], "paraphrase": bool(c.get("paraphrase", False))}
         if not res.findings:
             rows.append({**base, "scope": "", "scope_verdict": res.verdict, "detail": res.reason})
         for f in res.findings:

@@ -73,7 +73,7 @@ def leaderboard(scores: pd.DataFrame, scored: Scored, settings: Settings,
         missing = [z for z in sizes if z not in s.index]
         never = [z for z in sizes if z in s.index and bool(s.at[z, "never_learned"])]
         group = NEVER if never else (INCOMPLETE if missing else LEARNED)
-        lo, hi = scored.interval(mean_reps[:, mi])
+        lo, hi = scored.interval(mean_reps[:, mi], mean_point[mi])
         row = {"method": method, "group": group, "lr_sensitivity": float(mean_point[mi]),
                "lr_sensitivity_lo": float(lo), "lr_sensitivity_hi": float(hi)}
         largest = sizes[-1]
@@ -99,7 +99,8 @@ def leaderboard(scores: pd.DataFrame, scored: Scored, settings: Settings,
     rows = [rows[i] for i in ordered(keys)]
 
     def diff(a: int, b: int) -> tuple[float, float]:
-        return scored.interval(mean_reps[:, rows[a]["_mi"]] - mean_reps[:, rows[b]["_mi"]])
+        return scored.interval(mean_reps[:, rows[a]["_mi"]] - mean_reps[:, rows[b]["_mi"]],
+                               mean_point[rows[a]["_mi"]] - mean_point[rows[b]["_mi"]])
 
     ranks, shared = competition_ranks([r["group"] for r in rows], diff)
     for i, r in enumerate(rows):

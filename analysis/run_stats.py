@@ -2,7 +2,8 @@
 
 Claims and predictions then work on one table (pure functions, testable on hand-built frames)
 instead of re-reading histories. Columns added:
-- log_z_drift: how far mean log Z moved away from 0 (output-logit divergence, Wortsman 3.2);
+- log_z_drift: how far mean log Z moved from its early value, in either direction (output-logit
+  divergence, Wortsman 3.1.2; see ``log_z_drift``);
 - early_step, early_attn_logit: the first block's max attention logit at one early step shared
   by every run of a size (Wortsman 3.4 use step 2000 of 1e5: 2 % of the planned steps), so a
   run that diverged early is read at the same step as the others, or not at all;
@@ -42,15 +43,31 @@ def late_mean(history: pd.DataFrame, column: str, tail: float = 0.2) -> float:
 
 
 def log_z_drift(history: pd.DataFrame, tail: float = 0.2) -> float:
-    """|log Z| late in training minus |log Z| at the first probe: positive when log Z drifts away
-    from 0 (output-logit divergence), negative when it is pulled toward 0 (what z-loss does)."""
+    """Late-training mean of |log Z - log Z_early|: how far the output normalizer has moved from
+    where it started, in either direction (nats; 0 = it stayed put).
+
+    Why this statistic (Wortsman et al. 2023, section 3.1.2, output logit divergence): the
+    cross-entropy is invariant to adding a constant to every output logit, so nothing in the
+    loss holds log Z = logsumexp(logits) in place. Without weight decay, at high LRs, they see
+    log Z drift far from 0 and the loss degrade with it; z-loss (1e-4 * log Z^2) anchors it.
+    What diverges is the normalizer's position, in either direction. Here runs start at
+    log Z ~ ln(vocab) ~ +8 (small initial logits), so a drift far from 0 downward first passes
+    0: the old statistic, |log Z| late minus |log Z| early, scored a fall from +8 to -6 as -2
+    ("toward 0", what z-loss does). The distance from the run's own early
+    value counts that fall as 14, a rise as much as a fall, and cancels the starting value
+    (which depends on the init, not on the method). Early = the first probed reading; late =
+    the mean over the last ``tail`` of the probed steps (steady state, not one noisy reading).
+    One caveat: z-loss pulling log Z from +8 toward 0 also moves it; with coefficient 1e-4 that
+    pull is ~0.02 nats in 200 steps, and it is bounded by |log Z_early|, while a divergence is
+    not bounded.
+    """
     if LOG_Z not in history:
         return math.nan
     rows = history.dropna(subset=[LOG_Z])
     if rows.empty:
         return math.nan
-    late = late_mean(rows.assign(abs_log_z=rows[LOG_Z].abs()), "abs_log_z", tail)
-    return float(late - abs(rows[LOG_Z].iloc[0]))
+    early = float(rows[LOG_Z].iloc[0])
+    return late_mean(rows.assign(_moved=(rows[LOG_Z] - early).abs()), "_moved", tail)
 
 
 def early_steps(runs: pd.DataFrame, histories: dict[str, pd.DataFrame],

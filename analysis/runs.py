@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from stabench import selection
+
 RUN_COLUMNS = [
     "method", "uses", "size", "lr", "seed",
     "final_val_loss", "init_loss", "l0", "effective_loss",
@@ -37,17 +39,14 @@ def _float(x) -> float:
 
 
 def effective_loss(final_val_loss, diverged, l0) -> float:
-    """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md).
+    """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md): the one rule,
+    stabench/selection.py.
 
     l0 is the benchmark's (analysis/settings.py), never the run's own init loss: init losses
     differ by method, and a per-run l0 would charge methods with small init logits less for
     every LR they diverge at. Without an l0 (NaN) a diverged run becomes NaN.
     """
-    final, l0 = _float(final_val_loss), _float(l0)
-    bad = bool(diverged) or not math.isfinite(final)
-    if not math.isfinite(l0):
-        return math.nan if bad else final
-    return l0 if bad else min(final, l0)
+    return selection.effective_loss(final_val_loss, diverged, l0)
 
 
 def as_bool(values) -> pd.Series:

@@ -2,7 +2,8 @@
 
 Definitions are in analysis/statistics.py (Wortsman et al. 2023, section 2.2), on effective
 losses with the benchmark's one l0 (analysis/runs.py). Intervals come from the shared paired
-bootstrap over seeds (analysis/bootstrap.py); ranks per size from analysis/ranking.py.
+cluster bootstrap over seeds with a t-interval (analysis/bootstrap.py; the best LR's interval
+is the percentile range of the LRs the resamples chose); ranks per size from analysis/ranking.py.
 
 Lower LR sensitivity is better. The metric ignores the absolute loss level (a method that
 never learns scores 0: it is marked never learned and ranked last), and it is not comparable
@@ -38,8 +39,9 @@ class Scored:
     reps: dict[str, np.ndarray]
     resamples: Resamples
 
-    def interval(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.resamples.interval(values)
+    def interval(self, values: np.ndarray, point=None) -> tuple[np.ndarray, np.ndarray]:
+        """The t-interval of replicates ``values`` around ``point`` (analysis/bootstrap.py)."""
+        return self.resamples.interval(values, point)
 
 
 def grid_statistics(cells: np.ndarray, lrs, l0: float) -> dict[str, np.ndarray]:
@@ -80,13 +82,17 @@ def score(runs: pd.DataFrame, settings: Settings) -> tuple[pd.DataFrame, Scored]
         ranks, shared = competition_ranks(
             [groups[i] for i in order],
             lambda a, b: scored.interval(scored.reps["lr_sensitivity"][:, chain[a], si]
-                                         - scored.reps["lr_sensitivity"][:, chain[b], si]))
+                                         - scored.reps["lr_sensitivity"][:, chain[b], si],
+                                         scored.point["lr_sensitivity"][chain[a], si]
+                                         - scored.point["lr_sensitivity"][chain[b], si]))
         for pos, mi in enumerate(chain):
             method = grid.methods[mi]
             r = df[(df["method"] == method) & (df["size"] == size)]
             row = {"method": method, "size": size}
             for stat in STATS:
-                lo, hi = scored.interval(scored.reps[stat][:, mi, si])
+                # the best LR lives on the LR grid: the LRs the resamples chose (percentile)
+                lo, hi = scored.resamples.percentile(scored.reps[stat][:, mi, si]) if stat == "best_lr" \
+                    else scored.interval(scored.reps[stat][:, mi, si], scored.point[stat][mi, si])
                 row.update({stat: float(scored.point[stat][mi, si]), f"{stat}_lo": float(lo),
                             f"{stat}_hi": float(hi)})
             rows.append({**row, "rank": ranks[pos], "rank_shared": shared[pos],

@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from stabench.selection import best_index
+
 
 def _quiet(fn, *args, **kwargs):
     with warnings.catch_warnings():
@@ -35,13 +37,13 @@ def best_loss(cells: np.ndarray) -> np.ndarray:
 
 def best_lr(cells: np.ndarray, lrs, l0: float) -> np.ndarray:
     """The LR of the best cell (ties: the smallest LR); NaN where nothing beat l0 (no best LR
-    exists when every LR ended at the loss of the uniform predictor or worse)."""
+    exists when every LR ended at the loss of the uniform predictor or worse). The rule is
+    stabench.selection.best_index, the one evaluation uses to pick the run it evaluates."""
     lrs = np.asarray(lrs, dtype=float)
-    filled = np.where(np.isnan(cells), np.inf, cells)
-    i = np.argmin(filled, axis=-1)
-    out = lrs[i] if len(lrs) else np.full(i.shape, np.nan)
-    best = best_loss(cells)
-    return np.where(np.isfinite(best) & (best < l0), out, np.nan)
+    i = best_index(cells, l0)
+    if not len(lrs):
+        return np.full(i.shape, np.nan)
+    return np.where(i >= 0, lrs[np.maximum(i, 0)], np.nan)
 
 
 def max_stable_index(stable: np.ndarray) -> np.ndarray:

@@ -75,7 +75,7 @@ def test_leaderboard_and_claims_files(done):
     assert lb.set_index("method").loc["broken", "diverged"] == 18
     claims = pd.read_csv(done["claims"])
     qk = claims[claims["claim_id"] == "qk_layernorm_lowers_lr_sensitivity"]
-    assert set(qk["verdict"]) == {"supported"} and list(qk["scope"]) == ["s1", "s2"]
+    assert set(qk["verdict"]) == {"supported"} and list(qk["scope"]) == ["s1", "s2", "across sizes"]  # 3 seeds: no per-size verdict
 
 
 def test_every_figure_and_table_written(done):

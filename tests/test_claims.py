@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from analysis_synthetic import L0, SIZES, noise, runs_table, settings_for
+from analysis_synthetic import L0, SIZES, benchmark, noise, runs_table, settings_for
 
+from analysis.claim_checks import NO_VERDICT, PER_SIZE_SEEDS
 from analysis.claim_stats import Context
 from analysis.claims import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, SUPPORTED, ClaimError, check, claims_table,
                              load_claims, sentence)
@@ -60,7 +61,23 @@ SENSITIVITY_CLAIMS = [("qk_layernorm_lowers_lr_sensitivity", "qk_layernorm", "ba
 def test_sensitivity_claims(claim_id, method, against, how, expected):
     res = verdict(claim_id, compare_runs(method, against, how))
     assert res.verdict == expected, sentence(res)
-    assert [f.scope for f in res.findings] == ["s1", "s2"]
+    # 3 seeds: the per-size rows carry numbers but no verdict; the mean over sizes decides
+    assert [f.scope for f in res.findings] == ["s1", "s2", "across sizes"]
+    assert [f.verdict for f in res.findings][:2] == [NO_VERDICT, NO_VERDICT]
+    assert f"a per-size verdict needs >= {PER_SIZE_SEEDS}" in res.findings[0].detail
+    five = verdict(claim_id, compare_runs(method, against, how, seeds=range(PER_SIZE_SEEDS)))
+    assert five.verdict == expected and [f.scope for f in five.findings] == ["s1", "s2"]
+    assert {f.verdict for f in five.findings} == {expected}
+
+
+def test_no_per_size_verdict_on_three_seeds():
+    """One size, 3 seeds: a verdict there would be a per-size verdict; 5 seeds give one."""
+    runs = compare_runs("qk_layernorm", "baseline", "better", sizes=("s1",))
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs)
+    assert res.verdict == NOT_TESTABLE and f"needs >= {PER_SIZE_SEEDS} seeds for a verdict at one size" in res.reason
+    res = verdict("qk_layernorm_lowers_lr_sensitivity",
+                  compare_runs("qk_layernorm", "baseline", "better", sizes=("s1",), seeds=range(5)))
+    assert res.verdict == SUPPORTED and [f.scope for f in res.findings] == ["s1"]
 
 
 @pytest.mark.parametrize("claim_id,method,against", SENSITIVITY_CLAIMS)
@@ -81,7 +98,7 @@ def test_one_size_supported_other_contradicted_is_inconclusive():
     def loss(m, si, li, seed):
         better = (m == "qk_layernorm") == (si == 0)
         return curve(0.6)(li) + noise(seed) - (0.5 if better and li == 2 else 0)
-    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs_table(loss, ["baseline", "qk_layernorm"]))
+    res = verdict("qk_layernorm_lowers_lr_sensitivity", runs_table(loss, ["baseline", "qk_layernorm"], seeds=range(5)))
     assert res.verdict == INCONCLUSIVE and [f.verdict for f in res.findings] == [SUPPORTED, CONTRADICTED]
 
 
@@ -101,8 +118,36 @@ def test_z_loss_log_z_drift(how, expected):
     assert all(f.method == "nwd_z" and f.against == "no_weight_decay" for f in res.findings)
 
 
+def test_z_loss_claim_is_tested_without_weight_decay_only():
+    """With weight decay there is no log-Z divergence for z-loss to prevent (Wortsman 3.1.2):
+    z_loss against a baseline with decay is not what the claim tests."""
+    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if m == "z_loss" else 2.0) + noise(seed)}
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"], extra=drift)
+    res = verdict("z_loss_keeps_log_z_from_drifting", runs)
+    assert res.verdict == NOT_TESTABLE and res.reason.startswith("needs no_weight_decay+z_loss beside no_weight_decay")
+
+
+def test_cpu_logits_benchmark_tests_the_z_loss_claim():
+    """cpu_logits has one size: it has the no-weight-decay pair and the seeds a per-size verdict needs."""
+    import yaml
+
+    from analysis.settings import resolve
+    from stabench.config import method_specs
+    bench = yaml.safe_load((CLAIMS_DIR.parent / "benchmarks" / "cpu_logits.yaml").read_text())
+    specs = method_specs(bench)
+    assert len(bench["sizes"]) == 1 and len(bench["seeds"]) >= PER_SIZE_SEEDS
+    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if "z_loss" in specs[m]["use"] else 2.0) + noise(seed)}
+    runs = runs_table(lambda m, si, li, seed: 3.0, list(specs), sizes=("s1",), seeds=bench["seeds"],
+                      uses={m: v["use"] for m, v in specs.items()}, extra=drift)
+    settings = resolve(benchmark(bench["methods"], sizes=("s1",), seeds=bench["seeds"]), runs)
+    res = check(CLAIMS["z_loss_keeps_log_z_from_drifting"], Context.build(runs, settings))
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {
+        ("no_weight_decay+z_loss", "no_weight_decay"), ("no_weight_decay+z_loss_1e-2", "no_weight_decay")}
+
+
 def test_z_loss_not_testable_without_the_column():
-    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"])
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"], uses={"nwd_z": "z_loss+no_weight_decay"})
     res = verdict("z_loss_keeps_log_z_from_drifting", runs)
     assert res.verdict == NOT_TESTABLE and "log_z_drift" in res.reason
 
@@ -232,6 +277,67 @@ def test_adam_atan2_matches_adam(how, expected):
     assert "margin +-0.02" in res.findings[0].detail
 
 
+# ---------------------------------------------------------------- Everett et al.: parameterization, epsilon
+
+@pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
+def test_sp_per_layer_lr_beats_mup(how, expected):
+    """Best loss (each method at its own best LR) of sp_per_layer_lr against everett_mup; the two
+    methods' best LRs differ, which the statistic ignores."""
+    def loss(m, si, li, seed):
+        best = 1 if m == "sp_per_layer_lr" else 2
+        base = 2.5 + 0.3 * abs(li - best) + noise(seed)
+        if how == "same":
+            return base + (swing(seed, 0.1) if m == "sp_per_layer_lr" else 0.0)
+        better = (m == "sp_per_layer_lr") == (how == "better")
+        return base - (0.1 if better else 0.0)
+    res = verdict("sp_per_layer_lr_beats_mup", runs_table(loss, ["everett_mup", "sp_per_layer_lr"]))
+    assert res.verdict == expected, sentence(res)
+    assert res.findings[-1].scope == "across sizes" and res.findings[-1].method == "sp_per_layer_lr"
+
+
+def test_sp_per_layer_lr_needs_two_widths():
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["everett_mup", "sp_per_layer_lr"]).assign(d_model=64)
+    res = verdict("sp_per_layer_lr_beats_mup", runs)
+    assert res.verdict == NOT_TESTABLE and "widths" in res.reason
+
+
+EPS = ["eps_1e-6", "eps_width_scaled", "eps_1e-15", "adam_atan2"]
+EPS_SPECS = [{"label": "eps_1e-6", "use": "adam_eps", "args": {"adam_eps": {"eps": 1e-6}}}, "eps_width_scaled",
+             {"label": "eps_1e-15", "use": "adam_eps", "args": {"adam_eps": {"eps": 1e-15}}}, "adam_atan2"]
+
+
+def eps_verdict(runs):
+    from analysis.settings import resolve
+    sizes = tuple(dict.fromkeys(runs["size"]))
+    settings = resolve(benchmark(EPS_SPECS, sizes=sizes, reference="eps_width_scaled"), runs)
+    return check(CLAIMS["fixed_eps_falls_behind_with_width"], Context.build(runs, settings))
+
+
+@pytest.mark.parametrize("how,expected", [("grows", SUPPORTED), ("shrinks", CONTRADICTED), ("flat", INCONCLUSIVE)])
+def test_fixed_eps_falls_behind_with_width(how, expected):
+    """eps_1e-6's best loss minus each comparison's, against size: growing with width (gradient
+    underflow), shrinking, or flat with seed noise."""
+    def loss(m, si, li, seed):
+        base = curve(0.3)(li) + noise(seed)
+        if m != "eps_1e-6":
+            return base
+        if how == "flat":
+            return base + 0.05 + swing(seed, 0.05) * (si - 1)
+        return base + (0.05 * si if how == "grows" else 0.1 - 0.05 * si)
+    uses = {"eps_1e-6": "adam_eps", "eps_1e-15": "adam_eps"}
+    res = eps_verdict(runs_table(loss, EPS, sizes=SIZES, uses=uses))
+    assert res.verdict == expected, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {("eps_1e-6", m) for m in EPS[1:]}
+    assert "minus eps_width_scaled's" in " ".join(f.detail for f in res.findings)
+
+
+def test_eps_claim_not_testable():
+    res = verdict("fixed_eps_falls_behind_with_width", runs_table(lambda m, si, li, seed: 3.0, ["baseline", "adam_atan2"]))
+    assert res.verdict == NOT_TESTABLE and res.reason.startswith("needs eps_1e-6 beside eps_width_scaled")
+    runs = runs_table(lambda m, si, li, seed: 3.0, EPS, sizes=SIZES[:1])
+    assert eps_verdict(runs).reason == "needs >= 2 sizes (this grid has 1)"
+
+
 # ---------------------------------------------------------------- curvature and spikes
 
 def spike_runs(spikes, near, near_steps, n=6):
@@ -270,7 +376,9 @@ def test_depth_warmup_lowers_curvature(how, expected):
 # ---------------------------------------------------------------- files, table, sentences
 
 def test_shipped_claims_load_and_every_test_kind_is_covered():
-    assert len(CLAIMS) == 12
+    assert len(CLAIMS) == 14
+    for c in CLAIMS.values():  # every claim names its section and quotes (or marks a paraphrase) one line
+        assert c["section"] and c["quote"] and "\n" not in c["quote"], c["id"]
     assert {c["test"] for c in CLAIMS.values()} == {"compare", "trend", "holdout_prediction", "spike_coincidence"}
 
 
@@ -279,14 +387,17 @@ def test_claim_selection_and_errors(tmp_path):
     with pytest.raises(ClaimError, match="unknown claim id"):
         load_claims(CLAIMS_DIR, ("nope",))
     (tmp_path / "schema.yaml").write_text((CLAIMS_DIR / "schema.yaml").read_text())
-    (tmp_path / "mine.yaml").write_text("id: x\nclaim: c\nsource: s\ntest: compare\nfigure: loss_vs_lr\ndirection: up\n")
+    (tmp_path / "mine.yaml").write_text("id: x\nclaim: c\nsource: s\nsection: '1'\nquote: q\ntest: compare\nfigure: loss_vs_lr\ndirection: up\n")
     with pytest.raises(ClaimError, match="mine.yaml: direction"):
         load_claims(tmp_path)
-    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: nope}\n")
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n")
+    with pytest.raises(ClaimError, match="'section' is a required property"):
+        load_claims(tmp_path)
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: nope}\n")
     with pytest.raises(ClaimError, match="figure 'nope'"):
         load_claims(tmp_path)
-    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n"
-                                        "- {id: x, claim: c, source: s, test: trend, method: m, figure: log_z}\n")
+    (tmp_path / "mine.yaml").write_text("- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: log_z}\n"
+                                        "- {id: x, claim: c, source: s, section: '1', quote: q, test: trend, method: m, figure: log_z}\n")
     with pytest.raises(ClaimError, match="already used"):
         load_claims(tmp_path)
 
@@ -297,12 +408,18 @@ def test_claims_table_rows_and_sentences():
     results = [check(c, ctx) for c in CLAIMS.values()]
     table = claims_table(results, 0.95)
     qk = table[table["claim_id"] == "qk_layernorm_lowers_lr_sensitivity"]
-    assert list(qk["scope"]) == ["s1", "s2"] and set(qk["verdict"]) == {SUPPORTED}
+    assert list(qk["scope"]) == ["s1", "s2", "across sizes"] and set(qk["verdict"]) == {SUPPORTED}
+    assert list(qk["scope_verdict"]) == [NO_VERDICT, NO_VERDICT, SUPPORTED]
+    assert (qk["seeds"] == 3).all() and (qk["seeds_for_size_verdict"] == PER_SIZE_SEEDS).all()
     assert (qk["ci_high"] < 0).all() and (qk["figure"] == "figures/loss_vs_lr.png").all()
-    assert qk["sentence"].iloc[0].startswith("qk-layernorm lowers LR sensitivity: supported at s1 and s2 (s1: ")
-    assert "95 % CI" in qk["sentence"].iloc[0] and (qk["summary"] == "supported at s1 and s2").all()
-    assert qk["detail"].str.contains("qk_layernorm's LR sensitivity is 0.167 nats below baseline's").all()
+    assert qk["sentence"].iloc[0].startswith("qk-layernorm lowers LR sensitivity: supported across sizes (s1: ")
+    assert "95 % CI" in qk["sentence"].iloc[0] and (qk["summary"] == "supported across sizes").all()
+    assert qk["detail"].iloc[:2].str.contains("qk_layernorm's LR sensitivity is 0.167 nats below baseline's").all()
+    assert qk["detail"].iloc[2].startswith("mean over 2 sizes, qk_layernorm's LR sensitivity minus baseline's is -0.167")
     untested = table[table["verdict"] == NOT_TESTABLE]
     assert len(untested) == len(CLAIMS) - 2 and untested["detail"].str.startswith("needs").all()
     assert set(table["claim_id"]) == set(CLAIMS)
     assert L0 not in table["estimate"].tolist()
+    row = table.set_index("claim_id").loc["adam_atan2_matches_adam"]
+    assert row["section"] == "Abstract" and row["quote"].startswith("Finally, we demonstrate") and not row["paraphrase"]
+    assert bool(table.set_index("claim_id").loc["longer_warmup_lowers_lr_sensitivity", "paraphrase"])

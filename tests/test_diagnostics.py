@@ -19,11 +19,24 @@ def test_late_mean_averages_the_tail():
     assert math.isnan(late_mean(h, "missing"))
 
 
-def test_log_z_drift_is_change_of_distance_from_zero():
+def test_log_z_drift_is_distance_from_the_early_value():
     away = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50], "log_z_mean": [np.nan, 7.0, 8.0, 9.0, 10.0, 12.0]})
-    assert log_z_drift(away, tail=0.2) == pytest.approx((10.0 + 12.0) / 2 - 7.0)
-    toward = pd.DataFrame({"step": [10, 20, 30], "log_z_mean": [7.0, 3.0, -1.0]})
-    assert log_z_drift(toward, tail=0.1) == pytest.approx(1.0 - 7.0)
+    assert log_z_drift(away, tail=0.2) == pytest.approx((3.0 + 5.0) / 2)
+    still = pd.DataFrame({"step": [10, 20, 30], "log_z_mean": [8.0, 8.01, 7.99]})
+    assert log_z_drift(still, tail=0.1) == pytest.approx(0.01)
+
+
+def test_log_z_diverging_downward_counts_as_drift():
+    """Output-logit divergence from log Z ~ +8 goes down through 0 (Wortsman 3.1.2): a fall to -6
+    is a drift of 14 nats, more than a run whose log Z stays put or moves a little toward 0. The
+    old statistic (|late| - |early|) scored the fall as -2, 'pulled toward 0'."""
+    steps = [0, 25, 50, 75, 100]
+    falls = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 4.0, 0.0, -4.0, -6.0]})
+    stays = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 8.0, 7.99, 7.98, 7.98]})
+    assert log_z_drift(falls, tail=0.1) == pytest.approx(14.0)
+    assert log_z_drift(falls) > 5 * log_z_drift(stays) > 0
+    rises = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 12.0, 16.0, 20.0, 22.0]})
+    assert log_z_drift(rises, tail=0.1) == pytest.approx(14.0)  # either direction, the same
 
 
 def test_early_point_is_the_same_step_for_every_run_of_a_size():

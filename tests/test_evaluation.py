@@ -281,7 +281,7 @@ def _fake_run(root: Path, lr: float, seed: int, loss: float, diverged: bool = Fa
     d.mkdir(parents=True)
     (d / "metrics.json").write_text(json.dumps({
         "method": "m", "size": "s", "lr": lr, "seed": seed, "final_val_loss": loss, "init_loss": 6.0,
-        "diverged": diverged}))
+        "diverged": diverged, "config": {"model": {"vocab_size": 403}}}))  # l0 = ln 403 ~ 6.0
     return d
 
 

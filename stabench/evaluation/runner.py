@@ -4,10 +4,11 @@
 
 - one run (``select="single"``): the record of that run (``runs/<...>/eval.json``);
 - several runs (``select="best"``): the runs of one (method, size) over the LR grid (and
-  seeds); only the best-LR run is evaluated (``eval/<method>/<size>.json``). "Best" is the rule
-  of the leaderboard (analysis/sensitivity.py): per LR, the seed-mean of min(final val loss, l0)
-  with a diverged run counting as l0; lowest wins, ties to the smaller LR; an LR whose runs all
-  diverged is never chosen. Of that LR, the lowest seed that did not diverge is evaluated.
+  seeds); only the best-LR run is evaluated (``eval/<method>/<size>.json``). "Best" is
+  stabench.selection.best_lr_run, the function the leaderboard's best LR uses too: per LR, the
+  seed-mean of min(final val loss, l0) with a diverged run counting as l0, l0 the benchmark's
+  one l0 (``l0``; default ln(vocab_size) of the runs); lowest wins, ties to the smaller LR; no
+  LR when none is below l0. Of that LR, the lowest seed that did not diverge is evaluated.
 
 A diverged run is not evaluated (its weights are whatever was left when it stopped): its record
 says ``status: diverged``. Every task is loaded alone first; a task that cannot be loaded (a hub
@@ -41,6 +42,7 @@ from urllib.parse import urlparse
 
 from ..io import write_json
 from ..offline import go_offline
+from ..selection import best_lr_run, effective_loss, uniform_l0
 from .tasks import LOCAL_NAMES
 
 log = logging.getLogger(__name__)
@@ -67,37 +69,30 @@ def run_failed(m: dict) -> bool:
     return bool(m.get("diverged")) or not math.isfinite(_num(m.get("final_val_loss")))
 
 
-def effective_loss(m: dict) -> float:
-    l0, final = _num(m.get("init_loss")), _num(m.get("final_val_loss"))
-    if run_failed(m):
-        return l0
-    return min(final, l0) if math.isfinite(l0) else final
+def run_l0(run_dirs: list[str | Path], l0: float | None = None) -> float:
+    """The benchmark's l0: ``l0`` when given (the benchmark's analysis.l0), else ln(vocab_size)
+    of the runs' model config (the analysis' default, analysis/settings.py)."""
+    if l0 is not None:
+        return float(l0)
+    vocab = {((_metrics(rd).get("config") or {}).get("model") or {}).get("vocab_size") for rd in run_dirs}
+    vocab.discard(None)
+    if len(vocab) != 1:
+        raise ValueError(f"runs disagree on vocab_size ({sorted(vocab)}) or do not record it; give l0")
+    return uniform_l0(vocab.pop())
 
 
-def select_best(run_dirs: list[str | Path]) -> tuple[str | None, list[dict]]:
-    """(run_dir to evaluate or None when every run diverged, candidate summaries)."""
+def select_best(run_dirs: list[str | Path], l0: float | None = None) -> tuple[str | None, list[dict]]:
+    """(run_dir to evaluate or None when no LR is best, candidate summaries)."""
+    level = run_l0(run_dirs, l0)
     cands = []
     for rd in run_dirs:
         m = _metrics(rd)
         cands.append({"run_dir": str(rd), "lr": _num(m.get("lr")), "seed": int(m.get("seed") or 0),
-                      "final_val_loss": _num(m.get("final_val_loss")), "effective_loss": effective_loss(m),
+                      "final_val_loss": _num(m.get("final_val_loss")),
+                      "effective_loss": effective_loss(m.get("final_val_loss"), run_failed(m), level),
                       "diverged": run_failed(m)})
-    cells: dict[float, list[dict]] = {}
-    for c in cands:
-        cells.setdefault(c["lr"], []).append(c)
-    best = None
-    for lr in sorted(cells):
-        runs = cells[lr]
-        if all(c["diverged"] for c in runs):
-            continue
-        losses = [c["effective_loss"] for c in runs if math.isfinite(c["effective_loss"])]
-        loss = sum(losses) / len(losses) if losses else math.inf
-        if best is None or loss < best[0]:
-            best = (loss, lr)
-    if best is None:
-        return None, cands
-    ok = sorted((c for c in cells[best[1]] if not c["diverged"]), key=lambda c: c["seed"])
-    return ok[0]["run_dir"], cands
+    best = best_lr_run(cands, level)
+    return (best["run_dir"] if best else None), cands
 
 
 # ---------------------------------------------------------------------------- lm-eval
@@ -221,13 +216,14 @@ def _versions() -> dict:
 
 def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir: str | Path | None,
                   tasks: list[str], init_tasks: list[str] | None = None, limit: int | None = None,
-                  batch_size: int = 32, device: str = "auto", select: str = "single") -> dict:
+                  batch_size: int = 32, device: str = "auto", select: str = "single",
+                  l0: float | None = None) -> dict:
     """Evaluate one run, or the best of several, and return the record (see module doc)."""
     from .adapter import StabenchLM
 
     start = time.perf_counter()
     if select == "best":
-        chosen, candidates = select_best(run_dirs)
+        chosen, candidates = select_best(run_dirs, l0)
     elif len(run_dirs) == 1:
         chosen, candidates = str(run_dirs[0]), None
     else:
