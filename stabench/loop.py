@@ -11,8 +11,8 @@ in peak LR and seed, as one ensemble (``stabench.ensemble``), and writes each ru
   update rule on the (K, N) tensors (``stabench.update``), the methods' ``on_step`` hooks;
 - probe steps (every ``probe_every``, and eval steps): the only host syncs. The loss of every
   step accumulates on the device and reaches the recorder here; probes run; a member whose
-  mean loss since the last probe is non-finite or above ``diverge_factor`` x its init loss
-  has diverged: it is finished (final evaluation, metrics, checkpoint) and leaves the
+  mean loss since the last probe is non-finite or above ``diverge_factor`` x the benchmark's
+  l0 (``stabench.selection``, the rule the analysis applies too) has diverged: it is finished (final evaluation, metrics, checkpoint) and leaves the
   ensemble, so it costs nothing afterwards and the others are untouched (rows never mix).
 
 Resume: every ``checkpoint_every`` steps each run saves its own checkpoint. Batches depend

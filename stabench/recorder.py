@@ -27,6 +27,7 @@ from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ConfigError
 from .io import write_csv, write_json
 from .runspec import ResolvedRun
+from .selection import is_diverged, uniform_l0
 from .spikes import loss_spikes
 
 METRICS_NAME, HISTORY_NAME, LOSSES_NAME = "metrics.json", "history.csv", "losses.csv"
@@ -114,8 +115,15 @@ class Member:
         recent = [lm for s, lm, _ in self.losses if s > step]
         return sum(recent) / len(recent) if recent else math.nan
 
+    @property
+    def l0(self) -> float:
+        """The benchmark's one l0: ``analysis.l0`` when it sets one, else ln(vocabulary)."""
+        return self.config.get("l0", uniform_l0(self.config["model"]["vocab_size"]))
+
     def is_diverged(self, loss: float, factor: float) -> bool:
-        return not math.isfinite(loss) or loss > factor * self.init_loss
+        """The one divergence rule (stabench.selection), against the benchmark's l0, not the
+        run's own initial loss (which differs by method)."""
+        return is_diverged(loss, self.l0, factor)
 
     def checkpoint(self, payload: dict[str, Any], *, elapsed: float, finished: bool = False) -> None:
         """Save the run's state; ``elapsed`` is its wall time so far, all sessions."""

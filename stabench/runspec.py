@@ -96,6 +96,9 @@ def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int
                                   f"(arguments {method_.args})") from None
     del config["benchmark_sizes"]
     config["methods"] = copy.deepcopy(stack.describe())
+    l0 = benchmark.get("analysis", {}).get("l0")
+    if l0 is not None:  # the benchmark's one l0 also decides divergence (stabench.selection); only when set,
+        config["l0"] = float(l0)  # so the identity of runs of benchmarks without it stays what it was
     return ResolvedRun(config, run_identity(config))
 
 
