@@ -210,13 +210,14 @@ class EnsembleRun:
         self.batches = Batches(data.train, self.train_cfg, [m.config["seed"] for m in members], self.rank,
                                self.world, self.device)
         # train.compile: the step's forward (features, readout, the methods' loss terms) as one
-        # graph, its backward as another (AOTAutograd); probe steps (attention-logit capture) are
-        # a second pair. Nothing in them reads a value on the host.
+        # graph, its backward as another (AOTAutograd), probe steps (attention-logit capture) a
+        # second pair; clipping and the update a third. Nothing in them reads a value on the host.
         logits_budget_bytes(self.device)  # read once, before compiling
         self.forward_loss = self._forward_loss
         if self.train_cfg["compile"]:
             torch.compiler.reset()  # graphs of an earlier ensemble in this process guard on its objects
             self.forward_loss = torch.compile(self._forward_loss)
+            self.optimizer.compile()
         self.progress = Progress(self.train_cfg["steps"], self.step, self._title(), enabled=progress)
 
     @property
@@ -268,11 +269,7 @@ class EnsembleRun:
         if self.world > 1:
             torch.distributed.all_reduce(ensemble.grad)
             ensemble.grad.div_(self.world)
-        grad_norm = torch.linalg.vector_norm(ensemble.grad, dim=1)
-        clip = self.config["optimizer"]["grad_clip"]
-        if clip > 0:
-            ensemble.grad.mul_((clip / (grad_norm + 1e-6)).clamp(max=1.0)[:, None])
-        self.optimizer.step(lr)
+        grad_norm = self.optimizer.step(lr, self.config["optimizer"]["grad_clip"])
         self.loss_buffer[len(self.buffered)] = torch.stack([lm_loss.detach(), total.detach().float()], dim=1)
         self.buffered.append(step)
         ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:], fused_readout=True)

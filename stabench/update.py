@@ -122,6 +122,7 @@ class Optimizer:
         self.frozen = {name for name, flag in trainable.items() if not flag}
         self.state = {s: torch.zeros_like(ensemble.flat) for s in rule.state_names}
         self.counts = {name: 0 for name in ensemble.names}
+        self.apply = self._apply
 
     def _hyper(self, lr: torch.Tensor, cols: slice, count: int) -> StepHyper:
         mult = _slice(self.lr_mult, cols)
@@ -143,14 +144,34 @@ class Optimizer:
         return out
 
     @torch.no_grad()
-    def step(self, lr: torch.Tensor) -> None:
-        """One update of every member with its own learning rate ``lr`` (K,)."""
-        e = self.ensemble
-        for cols, names, count in self.slices():
-            state = {s: t[:, cols] for s, t in self.state.items()}
-            self.rule.update(e.flat[:, cols], e.grad[:, cols], state, self._hyper(lr, cols, count + 1))
+    def step(self, lr: torch.Tensor, clip: float = 0.0) -> torch.Tensor:
+        """Clip each member's gradient to global norm ``clip`` (0: no clipping), then update every
+        member with its own learning rate ``lr`` (K,). Returns the norms before clipping (K,)."""
+        plan = self.slices()
+        spans = tuple((cols.start, cols.stop) for cols, _, _ in plan)
+        counts = tuple(count + 1 for _, _, count in plan)
+        grad_norm = self.apply(lr, clip, spans, counts)
+        for _, names, _ in plan:
             for name in names:
                 self.counts[name] += 1
+        return grad_norm
+
+    def _apply(self, lr: torch.Tensor, clip: float, spans: tuple, counts: tuple) -> torch.Tensor:
+        """The device work of a step: what ``compile`` compiles (the step counts arrive as
+        arguments, so they become symbolic after one recompile instead of one graph per step)."""
+        e = self.ensemble
+        grad_norm = torch.linalg.vector_norm(e.grad, dim=1)
+        if clip > 0:
+            e.grad.mul_((clip / (grad_norm + 1e-6)).clamp(max=1.0)[:, None])
+        for (start, stop), count in zip(spans, counts):
+            cols = slice(start, stop)
+            state = {s: t[:, cols] for s, t in self.state.items()}
+            self.rule.update(e.flat[:, cols], e.grad[:, cols], state, self._hyper(lr, cols, count))
+        return grad_norm
+
+    def compile(self) -> None:
+        """Compile the clipping and the update into one graph (train.compile)."""
+        self.apply = torch.compile(self._apply)
 
     def param(self, name: str, lr: torch.Tensor) -> ParamView:
         """The state of parameter ``name`` after the last step, for probes: every tensor shaped
