@@ -35,5 +35,5 @@ if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, 
         _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
                      for f in r.output]
         for _line in repair.repair(_SLOTS, EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest],
-                                   f"{RESULTS}/data", dryrun=_DRYRUN):
+                                   f"{RESULTS}/data", dryrun=_DRYRUN, data_cfg=BENCHMARK["data"]):
             _say(_line)
