@@ -8,6 +8,8 @@ one, never a torn one.
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import os
@@ -91,3 +93,48 @@ def write_csv(target: str | Path, rows: list[dict]) -> None:
 def save_torch(target: str | Path, obj: Any) -> None:
     with atomic_path(target) as tmp:
         torch.save(obj, tmp)
+
+
+# ---- tables that carry their own record --------------------------------------------------------
+# A CSV truncated at a line boundary is still valid CSV: only a record of what was written tells.
+
+def table_record_path(table: str | Path) -> Path:
+    """The record beside a table: ``runs.csv`` -> ``runs.csv.json``."""
+    return Path(f"{table}.json")
+
+
+def write_table_record(table: str | Path, rows: int, **extra: Any) -> None:
+    """Record a table just written: its data rows, bytes and SHA-256 (and ``extra``)."""
+    data = Path(table).read_bytes()
+    write_json(table_record_path(table), {"rows": int(rows), "bytes": len(data),
+                                          "sha256": hashlib.sha256(data).hexdigest(), **extra})
+
+
+def read_table_record(table: str | Path) -> dict | None:
+    try:
+        record = json.loads(table_record_path(table).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and {"rows", "bytes", "sha256"} <= set(record) else None
+
+
+def table_record_damage(table: str | Path) -> str | None:
+    """Why a table does not match its record (its rows, then its bytes), or None; a table
+    without a readable record is damaged too (what it should hold is unknown)."""
+    table = Path(table)
+    record = read_table_record(table)
+    if record is None:
+        return f"no readable {table_record_path(table).name} (the record of what it holds)"
+    try:
+        data = table.read_bytes()
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc.strerror or exc}"
+    if hashlib.sha256(data).hexdigest() == record["sha256"]:
+        return None
+    try:
+        rows = max(sum(1 for _ in csv.reader(io.StringIO(data.decode("utf-8"), newline=""))) - 1, 0)
+    except (UnicodeDecodeError, csv.Error):
+        rows = None
+    if rows is not None and rows != record["rows"]:
+        return f"it holds {rows} rows, {record['rows']} were written"
+    return f"its {len(data):,} bytes differ from the {record['bytes']:,} written"

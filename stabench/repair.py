@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, quick_damage
 from .data.prepare import prepared_damage
+from .io import table_record_damage, table_record_path
 from .lifeline import parent_of
 from .recorder import HISTORY_NAME, LOSSES_NAME, METRICS_NAME, SLOT_KEYS
 from .runlock import lock_holder
@@ -85,10 +86,13 @@ def run_damage(run_dir: Path, expected: dict | None = None) -> list[tuple[Path |
 
 
 def derived_damage(path: Path) -> str | None:
-    """Why an analysis output cannot be read (tables and JSON only), or None."""
+    """Why an analysis output cannot be read (tables and JSON only), or None. A table with a
+    record beside it (runs.csv.json, stabench.io.write_table_record) must match it."""
     if path.suffix == ".json":
         return json_damage(path)
     if path.suffix == ".csv":
+        if table_record_path(path).is_file():
+            return table_record_damage(path)
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 return None if next(csv.reader(f), None) else "empty"
@@ -132,12 +136,13 @@ def repair(runs: dict[str, dict], records: list[str], derived: list[str], manife
     if data_dir and (Path(data_dir) / "manifest.json").is_file() and (problem := prepared_damage(data_dir)):
         lines += _prepare_again(Path(data_dir), problem, data_cfg, remove, dryrun)
     present = [Path(p) for p in derived if Path(p).is_file()]
+    damaged = [f"{p.name}: {why}" for p in present if (why := derived_damage(p))]
     incomplete = incomplete or any(not Path(p).is_file() for p in records) or \
-        any(derived_damage(p) for p in present) or 0 < len(present) < len(derived)  # one lost (runs.csv)
+        bool(damaged) or 0 < len(present) < len(derived)  # one lost (runs.csv)
     stale = present if incomplete else []
     if stale:
         lines.append(f"{verb} {len(stale)} analysis outputs ({', '.join(p.name for p in stale[:3])}, ...) "
-                     "so that they are rebuilt from every run")
+                     "so that they are rebuilt from every run" + (f" ({damaged[0]})" if damaged else ""))
         for path in [] if dryrun else stale:
             path.unlink()
     return lines
