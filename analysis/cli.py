@@ -10,20 +10,22 @@
 B is the resolved benchmark (results/<bench>/benchmark.yaml): analysis/settings.py reads l0,
 the reference method, margins and bootstrap settings from it, the same way in every step.
 Each subcommand reads files and writes files (atomically) and nothing else, so each maps onto
-one rule with named inputs and outputs.
+one rule with named inputs and outputs. runs.csv carries a record (runs.csv.json,
+analysis/tables.py): a runs.csv that does not match it is rebuilt before it is read.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
 from stabench.io import write_dataframe_csv
-from analysis import catalog
+from analysis import catalog, tables
 from analysis.runs import as_bool, as_text
 from analysis.settings import Settings, resolve
 
@@ -51,22 +53,43 @@ def settings_for(benchmark_yaml: str, runs: pd.DataFrame) -> Settings:
     return resolve(read_benchmark(benchmark_yaml), runs)
 
 
-def cmd_aggregate(a: argparse.Namespace) -> None:
+def aggregate(metrics: list[str], evals: list[str], benchmark_yaml: str, runs_csv: str) -> None:
     from analysis.probe_families import declared_families
     from analysis.run_stats import add_run_stats
     from analysis.runs import collect_runs, join_evals, load_history, with_effective_loss
-    runs = collect_runs([Path(p) for p in a.metrics])
-    if a.evals:
-        runs = join_evals(runs, [Path(p) for p in a.evals])
-    runs = with_effective_loss(runs, settings_for(a.benchmark_yaml, runs).l0)
+    runs = collect_runs([Path(p) for p in metrics])
+    if evals:
+        runs = join_evals(runs, [Path(p) for p in evals])
+    runs = with_effective_loss(runs, settings_for(benchmark_yaml, runs).l0)
     histories = {d: load_history(d) for d in runs["run_dir"] if (Path(d) / "history.csv").exists()}
-    write_dataframe_csv(a.runs_csv, add_run_stats(runs, histories, declared_families(runs["run_dir"])))
+    tables.write_runs_csv(runs_csv, add_run_stats(runs, histories, declared_families(runs["run_dir"])),
+                          {"metrics": list(map(str, metrics)), "evals": list(map(str, evals or [])),
+                           "benchmark_yaml": str(benchmark_yaml)})
+
+
+def cmd_aggregate(a: argparse.Namespace) -> None:
+    aggregate(a.metrics, a.evals, a.benchmark_yaml, a.runs_csv)
+
+
+def read_runs(path: Path | str) -> pd.DataFrame:
+    """runs.csv, checked against its record first; rebuilt from its sources when it does not
+    match (truncated, edited) or its inputs changed since, never used as it is."""
+    problem = tables.problem(path)
+    if problem is not None:
+        src = tables.sources(path)
+        if src is None or tables.missing_inputs(src):
+            gone = f" ({', '.join(tables.missing_inputs(src)[:3])} gone)" if src else ""
+            raise SystemExit(f"analysis: error: {path}: {problem}; cannot rebuild it here{gone}: run the "
+                             "workflow (or python -m analysis aggregate) again")
+        print(f"analysis: {path}: {problem}; rebuilt from its {len(src['metrics'])} metrics files", file=sys.stderr)
+        aggregate(src["metrics"], src["evals"], src["benchmark_yaml"], str(path))
+    return read_table(path)
 
 
 def cmd_score(a: argparse.Namespace) -> None:
     from analysis.leaderboard import leaderboard
     from analysis.sensitivity import score
-    runs = read_table(a.runs_csv)
+    runs = read_runs(a.runs_csv)
     settings = settings_for(a.benchmark_yaml, runs)
     scores, scored = score(runs, settings)
     write_dataframe_csv(a.scores_csv, scores)
@@ -77,7 +100,7 @@ def cmd_claims(a: argparse.Namespace) -> None:
     from analysis.claim_stats import Context
     from analysis.claims import check, claims_table, load_claims
     from analysis.probe_families import declared_families
-    runs = read_table(a.runs_csv)
+    runs = read_runs(a.runs_csv)
     settings = settings_for(a.benchmark_yaml, runs)
     families = declared_families(runs["run_dir"]) if "run_dir" in runs else {}
     ctx = Context.build(runs, settings, families)
@@ -87,7 +110,7 @@ def cmd_claims(a: argparse.Namespace) -> None:
 
 def cmd_figures(a: argparse.Namespace) -> None:
     from analysis.plots import draw_all
-    runs = read_table(a.runs_csv)
+    runs = read_runs(a.runs_csv)
     draw_all(runs, read_table(a.scores_csv), settings_for(a.benchmark_yaml, runs), Path(a.outdir))
 
 
@@ -97,7 +120,7 @@ def _read_json(path: str | None) -> dict:
 
 def cmd_report(a: argparse.Namespace) -> None:
     from analysis.report import build_report
-    runs = read_table(a.runs_csv)
+    runs = read_runs(a.runs_csv)
     benchmark = read_benchmark(a.benchmark_yaml)
     settings = resolve(benchmark, runs)
     figdir = Path(a.figures_dir)

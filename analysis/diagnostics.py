@@ -52,6 +52,9 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
     data = runs.dropna(subset=[col]) if col in runs else runs.iloc[0:0]
     if data.empty:
         return empty_figure("Instability prediction", "no first-block attention-logit probe in the histories")
+    if data["size"].nunique() < 2:
+        return empty_figure("Instability prediction", f"one model size ({data['size'].iloc[0]}): a prediction "
+                            "over sizes needs at least two")
     colors = lr_colors(data["lr"])
     g = sns.FacetGrid(data, col="method", col_wrap=min(COL_WRAP, data["method"].nunique()),
                       height=HEIGHT * 0.9, aspect=ASPECT, sharey=True)
@@ -88,7 +91,13 @@ def grad_rms_figure(runs: pd.DataFrame, sizes, lr: float) -> plt.Figure:
     col = "late_grad_rms"
     data = runs[(runs["lr"] == lr) & ~runs["diverged"].astype(bool)].dropna(subset=[col]) if col in runs else runs.iloc[0:0]
     if data.empty:
+        at = runs[runs["lr"] == lr]
+        if col in runs and not at.empty and at["diverged"].astype(bool).all():
+            return empty_figure("Gradient RMS vs eps", f"every run at peak LR {lr:g} diverged: no late gradient RMS")
         return empty_figure("Gradient RMS vs eps", "no gradient-RMS probe in the histories")
+    if data["size"].nunique() < 2:
+        return empty_figure("Gradient RMS vs eps", f"one model size ({data['size'].iloc[0]}): a trend over sizes "
+                            "needs at least two")
     params = size_params(runs)
     g = sns.FacetGrid(data, col="method", col_wrap=min(COL_WRAP, data["method"].nunique()),
                       height=HEIGHT * 0.9, aspect=ASPECT, sharey=True)

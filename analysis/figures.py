@@ -58,6 +58,24 @@ def empty_figure(title: str, message: str) -> plt.Figure:
     return fig
 
 
+def placeholder(ax: plt.Axes, message: str) -> None:
+    """A sentence in place of one panel's plot; the panel keeps its title, and its shared axes
+    (scales, ticks) are left alone for the other panels."""
+    for artist in list(ax.lines) + list(ax.collections):
+        artist.remove()
+    ax.set_axis_off()
+    ax.text(0.5, 0.5, message, ha="center", va="center", transform=ax.transAxes, color="0.4", wrap=True,
+            fontsize=9)
+
+
+def one_lr_message(runs: pd.DataFrame) -> str | None:
+    """Why a figure over LR has nothing to show: the grid has a single peak LR (None otherwise)."""
+    lrs = sorted(set(runs["lr"].dropna()))
+    if len(lrs) == 1:
+        return f"one peak LR in the grid ({lrs[0]:g}): a curve over LR needs at least two (the runs table has the values)"
+    return None
+
+
 def dashes(runs: pd.DataFrame) -> dict[str, tuple | str]:
     """Method -> line style: dashed for methods that change what LR means."""
     flagged = set(runs.loc[runs["changes_lr_meaning"].astype(bool), "method"]) if "changes_lr_meaning" in runs else set()
@@ -91,6 +109,8 @@ def loss_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, params: M
     over seeds; an x at l0 marks each diverged run, the dashed line is l0."""
     if runs.empty:
         return empty_figure("Final validation loss vs peak LR", "no runs")
+    if (why := one_lr_message(runs)) is not None:
+        return empty_figure("Final validation loss vs peak LR", why)
     df = runs.assign(size=pd.Categorical(runs["size"], sizes))
     g = sns.relplot(data=df, x="lr", y="effective_loss", hue="method", style="method", col="size",
                     col_order=sizes, kind="line", marker="o", palette=dict(palette), dashes=dashes(df),
@@ -112,6 +132,8 @@ def attn_logit_vs_lr(runs: pd.DataFrame, sizes: list[str], palette: Mapping, par
     df = runs[np.isfinite(runs["max_attn_logit"]) & (runs["max_attn_logit"] > 0)] if "max_attn_logit" in runs else runs.iloc[0:0]
     if df.empty:
         return empty_figure("Max attention logit vs peak LR", "no attention-logit probe recorded")
+    if (why := one_lr_message(df)) is not None:
+        return empty_figure("Max attention logit vs peak LR", why)
     df = df.assign(size=pd.Categorical(df["size"], sizes))
     g = sns.relplot(data=df, x="lr", y="max_attn_logit", hue="method", style="method", col="size",
                     col_order=[s for s in sizes if s in set(df["size"])], kind="line", marker="o",
@@ -129,7 +151,8 @@ STAT_TITLES = {"lr_sensitivity": f"LR sensitivity ({LOSS_UNIT})", "best_loss": f
 
 def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, float]) -> plt.Figure:
     """LR sensitivity, best loss and best LR against non-embedding parameters, a line per method
-    with the bootstrap interval of scores.csv as error bars."""
+    with the bootstrap interval of scores.csv as error bars. A panel with nothing to show says
+    why instead: LR sensitivity from a single LR, best LR when no run learned."""
     if scores.empty or not params:
         return empty_figure("Scores vs model size", "no scores")
     rows = []
@@ -153,7 +176,13 @@ def scores_vs_size(scores: pd.DataFrame, palette: Mapping, params: Mapping[str, 
     for ax in g.axes.flat:
         ax.set_xticks([n for n, _ in ticks], [f"{s}\n{human(n)}" for n, s in ticks])
         ax.minorticks_off()
-    g.axes_dict[STAT_TITLES["best_lr"]].set_yscale("log")
+    best_lr = g.axes_dict[STAT_TITLES["best_lr"]]
+    if (scores["best_lr"] > 0).any():
+        best_lr.set_yscale("log")
+    else:
+        placeholder(best_lr, "no run learned at any LR:\nthere is no best LR")
+    if "n_lrs" in scores and (scores["n_lrs"].fillna(0) < 2).all():
+        placeholder(g.axes_dict[STAT_TITLES["lr_sensitivity"]], "one peak LR per size:\nLR sensitivity needs at least two")
     g.set_titles("{col_name}")
     g.set_axis_labels("non-embedding parameters", "")
     g.add_legend()

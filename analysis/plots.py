@@ -2,13 +2,16 @@
 
 Chooses what each figure shows (the curve runs, the LR of the probe panels) from the runs,
 the scores and the benchmark's settings, and writes every catalogued file even when there is
-nothing to draw (Snakemake needs every declared output): an empty figure then says why.
+nothing to draw (Snakemake needs every declared output): an empty figure then says why. A
+figure that fails to draw is replaced by one that names the error, so one bad panel never
+costs the report.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -62,10 +65,26 @@ def prediction_table(runs: pd.DataFrame, sizes) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def draw_one(name: str, make, path: Path) -> bool:
+    """Draw figure ``name`` with ``make()`` and save it to path; when drawing fails, a placeholder
+    that says why is saved instead and one line goes to stderr (a report for any outcome).
+    True when the figure itself was drawn."""
+    title = catalog.FIGURES[name][0]
+    try:
+        F.save_png(make(), path)
+        return True
+    except Exception as exc:  # noqa: BLE001 -- any failure of one figure must leave the others and the report
+        F.plt.close("all")
+        why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        print(f"figure {name} could not be drawn ({why}); a placeholder is written instead", file=sys.stderr)
+        F.save_png(F.empty_figure(title, f"this figure could not be drawn: {why}"), path)
+        return False
+
+
 def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: Path) -> None:
-    figs = {}
     if runs.empty:
-        figs = {name: F.empty_figure(title, "no runs") for name, (title, _) in catalog.FIGURES.items()}
+        makers = {name: (lambda title=title: F.empty_figure(title, "no runs"))
+                  for name, (title, _) in catalog.FIGURES.items()}
         tables = {name: pd.DataFrame() for name in catalog.TABLES}
     else:
         sizes = size_order(runs, settings.sizes)
@@ -76,21 +95,22 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
         largest = sizes[-1]
         lr = D.chosen_lr(runs, largest, settings.reference)
         curves = curve_runs(runs, scores, histories)
-        figs = {
-            "loss_vs_lr": F.loss_vs_lr(runs, sizes, palette, params, settings.l0, band),
-            "scores_vs_size": F.scores_vs_size(scores, palette, params),
-            "attn_logit_vs_lr": F.attn_logit_vs_lr(runs, sizes, palette, params, band, danger=ATTN_LOGIT_DANGER),
+        makers = {
+            "loss_vs_lr": lambda: F.loss_vs_lr(runs, sizes, palette, params, settings.l0, band),
+            "scores_vs_size": lambda: F.scores_vs_size(scores, palette, params),
+            "attn_logit_vs_lr": lambda: F.attn_logit_vs_lr(runs, sizes, palette, params, band,
+                                                           danger=ATTN_LOGIT_DANGER),
             # a display choice: a diverging run shows its climb without flattening the others
-            "loss_curves": F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette, band,
-                                             clip=1.5 * settings.l0),
-            "log_z": F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band),
-            "instability_prediction": D.instability_figure(runs, sizes),
-            "grad_rms_vs_size": D.grad_rms_figure(runs, sizes, lr),
-            "probes": D.probe_panels(runs, histories, families, largest, lr, palette, band),
-            "spikes": D.spikes_figure(runs, histories, families, spike_steps(runs)),
+            "loss_curves": lambda: F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette,
+                                                     band, clip=1.5 * settings.l0),
+            "log_z": lambda: F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band),
+            "instability_prediction": lambda: D.instability_figure(runs, sizes),
+            "grad_rms_vs_size": lambda: D.grad_rms_figure(runs, sizes, lr),
+            "probes": lambda: D.probe_panels(runs, histories, families, largest, lr, palette, band),
+            "spikes": lambda: D.spikes_figure(runs, histories, families, spike_steps(runs)),
         }
         tables = {"instability_prediction": prediction_table(runs, sizes), "grad_rms_fits": grad_rms_fits(runs, sizes)}
     for name in catalog.FIGURES:
-        F.save_png(figs[name], out / catalog.figure_file(name))
+        draw_one(name, makers[name], out / catalog.figure_file(name))
     for name in catalog.TABLES:
         write_dataframe_csv(out / catalog.table_file(name), tables[name])

@@ -24,7 +24,7 @@ import zipfile
 
 import torch
 
-from .io import atomic_path
+from .io import atomic_path, tensor_bytes, torch_save
 
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_NAME = "checkpoint.prev.pt"
@@ -47,8 +47,9 @@ def save_checkpoint(out_dir: Path, payload: dict[str, Any]) -> None:
     """Write the new checkpoint aside, keep the current one as the previous, then put the new
     one in place: at no moment (a kill) is there no checkpoint.pt, or no previous one."""
     path, previous = Path(out_dir) / CHECKPOINT_NAME, Path(out_dir) / PREVIOUS_NAME
-    with atomic_path(path) as tmp:
-        torch.save({**payload, "rng": rng_state()}, tmp)
+    state = {**payload, "rng": rng_state()}
+    with atomic_path(path, needed=tensor_bytes(state)) as tmp:
+        torch_save(state, tmp)
         if path.is_file():
             _keep_as(path, previous)
 

@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -24,7 +25,7 @@ from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
 from .loop import DataMismatchError, check_own_folders, check_same_ensemble, train
-from .methods import MethodError, known_methods, load_module, load_stack
+from .methods import MethodError, exc_text, hook_failure, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
 from .runspec import resolve_run
 from .speed import run_speed, shape_sizes
@@ -361,13 +362,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_NAME = "stabench-error.log"  # a failing method hook's traceback, in the run folder
+
+
+def run_folders(args) -> list[Path]:
+    """The run folders of a train or train-pack command (where a debug file goes)."""
+    if args.func is cmd_train and args.out:
+        return [Path(args.out)]
+    if args.func is cmd_train_pack:
+        return [out for text in args.run if (out := _pack_out(text))]
+    return []
+
+
+def _pack_out(text: str) -> Path | None:
+    try:
+        return parse_pack_run(text)[2]
+    except ConfigError:
+        return None
+
+
+def run_command(args) -> int:
+    """The command; a method hook that raises becomes one line naming the method, the hook and
+    the exception, its traceback written to each run folder's DEBUG_NAME."""
+    try:
+        return args.func(args)
+    except USER_ERRORS:
+        raise
+    except Exception as exc:
+        where = hook_failure(exc)
+        if where is None or out_of_memory(exc):
+            raise
+        method, hook = where
+        trace = "".join(traceback.format_exception(exc))
+        written = []
+        for folder in run_folders(args):
+            try:
+                write_text(folder / DEBUG_NAME, trace)
+                written.append(str(folder / DEBUG_NAME))
+            except OSError:
+                pass
+        raise MethodError(f"method {method!r}: its hook {hook!r} raised {type(exc).__name__}: {exc_text(exc)}"
+                          + (f" (traceback in {', '.join(written)})" if written else "")) from None
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError)) or \
+        (isinstance(exc, RuntimeError) and "allocate" in str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     lifeline.follow_workflow()
     try:
-        return args.func(args)
+        return run_command(args)
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stderr.close()
         return 0

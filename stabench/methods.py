@@ -122,6 +122,18 @@ def load_module(name: str) -> ModuleType:
     return module
 
 
+def hook_failure(exc: BaseException) -> tuple[str, str] | None:
+    """(method, hook) when ``exc`` was raised inside a method file: the outermost frame of its
+    traceback in a method module is the hook the engine called. None otherwise."""
+    tb = exc.__traceback__
+    while tb is not None:
+        module = tb.tb_frame.f_globals.get("__name__", "")
+        if module.startswith("stabench_methods."):
+            return module[len("stabench_methods."):], tb.tb_frame.f_code.co_name
+        tb = tb.tb_next
+    return None
+
+
 def exc_text(exc: BaseException) -> str:
     """The first line of an exception's message (SyntaxError: its own message only)."""
     text = exc.msg if isinstance(exc, SyntaxError) else str(exc)
@@ -237,7 +249,8 @@ class MethodStack:
 def parse_use(use: str) -> list[str]:
     names = [n.strip() for n in use.split("+")]
     if not all(names):
-        raise MethodError(f"method {use!r}: empty name between '+' signs")
+        raise MethodError(f"method {use!r}: an empty name before, between or after '+' signs; valid: method "
+                          "names joined by '+', e.g. 'a' or 'a+b'")
     return names
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_NAME, quick_damage
 from .data.prepare import prepared_damage
+from .io import table_record_damage, table_record_path
 from .lifeline import parent_of
 from .recorder import HISTORY_NAME, LOSSES_NAME, METRICS_NAME, SLOT_KEYS
 from .runlock import lock_holder
@@ -85,10 +86,13 @@ def run_damage(run_dir: Path, expected: dict | None = None) -> list[tuple[Path |
 
 
 def derived_damage(path: Path) -> str | None:
-    """Why an analysis output cannot be read (tables and JSON only), or None."""
+    """Why an analysis output cannot be read (tables and JSON only), or None. A table with a
+    record beside it (runs.csv.json, stabench.io.write_table_record) must match it."""
     if path.suffix == ".json":
         return json_damage(path)
     if path.suffix == ".csv":
+        if table_record_path(path).is_file():
+            return table_record_damage(path)
         try:
             with open(path, newline="", encoding="utf-8") as f:
                 return None if next(csv.reader(f), None) else "empty"
@@ -98,12 +102,14 @@ def derived_damage(path: Path) -> str | None:
 
 
 def repair(runs: dict[str, dict], records: list[str], derived: list[str], manifests: list[str] = (),
-           data_dir: str | None = None, *, dryrun: bool = False) -> list[str]:
+           data_dir: str | None = None, *, dryrun: bool = False, data_cfg: dict | None = None) -> list[str]:
     """Remove damaged files: of the runs (run folder -> its slot: the run it must hold),
-    evaluation ``records``, JSON ``manifests`` and the prepared ``data_dir`` (its manifest, so
-    it is prepared again); remove ``derived`` (the analysis outputs) when a run file or record
-    is missing, or one of them is missing or damaged, so they are all rebuilt. Returns the
-    lines to print; ``dryrun`` removes nothing and says what it would."""
+    evaluation ``records`` and JSON ``manifests``; prepare a damaged ``data_dir`` again from
+    ``data_cfg`` (its manifest stays when the arrays come out as before, so no finished run is
+    retrained; without ``data_cfg``, or when preparing fails, its manifest is removed);
+    remove ``derived`` (the analysis outputs) when a run file or record is missing, or one of
+    them is missing or damaged, so they are all rebuilt. Returns the lines to print;
+    ``dryrun`` changes nothing and says what it would."""
     lines, incomplete = [], False
     verb = "would remove" if dryrun else "removed"
 
@@ -128,17 +134,36 @@ def repair(runs: dict[str, dict], records: list[str], derived: list[str], manife
         if path.is_file() and (problem := json_damage(path)):
             remove(path, f"damaged ({problem}); its job rebuilds it")
     if data_dir and (Path(data_dir) / "manifest.json").is_file() and (problem := prepared_damage(data_dir)):
-        remove(Path(data_dir) / "manifest.json", f"the data folder is damaged ({problem}); it is prepared again")
+        lines += _prepare_again(Path(data_dir), problem, data_cfg, remove, dryrun)
     present = [Path(p) for p in derived if Path(p).is_file()]
+    damaged = [f"{p.name}: {why}" for p in present if (why := derived_damage(p))]
     incomplete = incomplete or any(not Path(p).is_file() for p in records) or \
-        any(derived_damage(p) for p in present) or 0 < len(present) < len(derived)  # one lost (runs.csv)
+        bool(damaged) or 0 < len(present) < len(derived)  # one lost (runs.csv)
     stale = present if incomplete else []
     if stale:
         lines.append(f"{verb} {len(stale)} analysis outputs ({', '.join(p.name for p in stale[:3])}, ...) "
-                     "so that they are rebuilt from every run")
+                     "so that they are rebuilt from every run" + (f" ({damaged[0]})" if damaged else ""))
         for path in [] if dryrun else stale:
             path.unlink()
     return lines
+
+
+def _prepare_again(data_dir: Path, problem: str, data_cfg: dict | None, remove, dryrun: bool) -> list[str]:
+    """Prepare a damaged data folder again, in place (the workflow's data job would not run:
+    the finished runs that read it do not need it)."""
+    if data_cfg is not None and dryrun:
+        return [f"would prepare {data_dir} again: {problem}"]
+    if data_cfg is not None:
+        from .data import DataError, prepare_data
+        try:
+            prepare_data(data_cfg, data_dir, progress=False)
+            if (still := prepared_damage(data_dir)) is None:
+                return [f"prepared {data_dir} again: {problem}"]
+            problem = f"{problem}; prepared again, still {still}"
+        except (DataError, OSError) as exc:
+            problem = f"{problem}; preparing it again failed: {exc}"
+    remove(data_dir / "manifest.json", f"the data folder is damaged ({problem}); it is prepared again")
+    return []
 
 
 # ---- Snakemake's lock -------------------------------------------------------------------------

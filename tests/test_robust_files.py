@@ -289,6 +289,33 @@ def test_repair_finds_foreign_metrics_and_damaged_data(smoke, tmp_path):
     assert not (mine / "metrics.json").exists() and not (data / "manifest.json").exists()
 
 
+@pytest.mark.slow
+def test_one_plain_snakemake_prepares_flipped_data_again_and_rebuilds_a_truncated_runs_csv(smoke, tmp_path):
+    """Issue 21: a byte-flipped train.npy is prepared again in place (no run retrained), and a
+    runs.csv truncated to valid text is rebuilt with everything downstream of it."""
+    work = tmp_path / "work"
+    shutil.copytree(smoke, work, symlinks=True)
+    results = work / "results" / "smoke"
+    train_npy, runs_csv = results / "data" / "train.npy", results / "runs.csv"
+    original, rows = train_npy.read_bytes(), len(pd.read_csv(runs_csv))
+    flipped = bytearray(original)
+    flipped[len(flipped) // 2] ^= 0xFF
+    train_npy.write_bytes(bytes(flipped))
+    runs_csv.write_text("".join(runs_csv.read_text().splitlines(keepends=True)[:2]))  # header + one row
+    metrics = sorted((results / "runs").rglob("metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in metrics]
+    proc = snakemake(work, "--config", "benchmark=smoke")
+    said = proc.stderr
+    assert ("stabench: prepared results/smoke/data again: train.npy differs from the checksum in the manifest "
+            "(same size, other bytes)") in said, said
+    assert f"(runs.csv: it holds 1 rows, {rows} were written)" in said, said
+    assert train_npy.read_bytes() == original
+    assert [p.stat().st_mtime_ns for p in metrics] == stamps  # no run trained again
+    assert len(pd.read_csv(runs_csv)) == rows and (results / "report.html").is_file()
+    again = snakemake(work, "--config", "benchmark=smoke")
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
 # ---- item 6: a killed workflow resumes with one plain command ---------------------------------
 
 def processes_mentioning(text: str) -> list[int]:

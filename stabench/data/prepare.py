@@ -11,6 +11,10 @@ tokenizer -> token arrays, written once per benchmark. Layout of the folder::
 
 Every file is written atomically and the manifest last, so a folder with a
 manifest is complete; a folder without one is garbage from an interrupted run.
+The manifest holds each token array's size in bytes and a SHA-256 of its content (of all
+of it up to FULL_HASH_BYTES, else of SAMPLE_BLOCKS evenly spaced blocks), checked whenever
+the folder is opened: a truncated or overwritten array is named, never trained on, and
+preparing again repairs it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,40 @@ from .tokens import encode_documents, token_dtype
 
 MANIFEST = "manifest.json"
 FILES = ("tokenizer.json", "train.npy", "val.npy", "val_docs.jsonl")
+ARRAYS = ("train.npy", "val.npy")
+
+# The embedded corpus's arrays are a few MB (a full hash takes milliseconds); a 10B-token
+# array is 20 GB, of which 256 blocks of 64 KiB (16 MiB, the header included) are hashed.
+FULL_HASH_BYTES = 256 << 20
+SAMPLE_BLOCKS, BLOCK_BYTES = 256, 64 << 10
+
+
+def array_checksum(path: str | os.PathLike) -> dict:
+    """{"bytes": size, "sha256": hash, "sampled": bool} of a token array file: a hash of all of
+    it up to FULL_HASH_BYTES, else of SAMPLE_BLOCKS blocks of BLOCK_BYTES evenly spaced from
+    its first byte to its last (a fixed sample: the same offsets for the same size)."""
+    size = os.path.getsize(path)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= FULL_HASH_BYTES:
+            for chunk in iter(lambda: f.read(8 << 20), b""):
+                h.update(chunk)
+        else:
+            for offset in np.linspace(0, size - BLOCK_BYTES, SAMPLE_BLOCKS).astype(np.int64):
+                f.seek(int(offset))
+                h.update(f.read(BLOCK_BYTES))
+    return {"bytes": size, "sha256": h.hexdigest(), "sampled": size > FULL_HASH_BYTES}
+
+
+def checksum_damage(path: Path, expected: Mapping[str, Any]) -> str | None:
+    """Why a token array does not match its manifest entry (size, then content), or None."""
+    size = path.stat().st_size
+    if size != expected["bytes"]:
+        return (f"{path.name} is {size:,} bytes, the manifest says {expected['bytes']:,} "
+                f"({'truncated' if size < expected['bytes'] else 'longer'})")
+    if array_checksum(path)["sha256"] != expected["sha256"]:
+        return f"{path.name} differs from the checksum in the manifest (same size, other bytes)"
+    return None
 
 
 def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progress: bool = True) -> dict:
@@ -60,6 +98,7 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
     val = encode_documents(tok, val_docs, eos, dtype, progress=progress, desc="tokenize val")
     _save_npy(out / "train.npy", train)
     _save_npy(out / "val.npy", val)
+    checksums = {name: array_checksum(out / name) for name in ARRAYS}
     _save_val_docs(out / "val_docs.jsonl", val_docs)
     manifest = {
         "source": data_cfg["source"],
@@ -72,10 +111,28 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
         "tokenizer_sha256": hashlib.sha256(tok_json.encode("utf-8")).hexdigest(),
         "train_docs_sha256": docs_sha256(train_docs),
         "val_docs_sha256": docs_sha256(val_docs),
+        "checksums": checksums,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if _same_but_created(_read_manifest(out), manifest):
+        # a damaged folder prepared again to the same bytes: the manifest (and its date, which
+        # Snakemake compares with the runs' outputs) stays, so no finished run is retrained
+        return _read_manifest(out)
     write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _read_manifest(out: Path) -> dict | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _same_but_created(old: dict | None, new: dict) -> bool:
+    return old is not None and {k: v for k, v in old.items() if k != "created"} == \
+        {k: v for k, v in new.items() if k != "created"}
 
 
 @dataclass(frozen=True)
@@ -95,9 +152,10 @@ class TokenData:
 
 
 def prepared_damage(out_dir: str | os.PathLike, complete: bool = True) -> str | None:
-    """What is wrong with a prepared folder that has a manifest (a file missing, unreadable or
-    not the size the manifest says), or None. Cheap: the token arrays are only memory-mapped.
-    ``complete=False`` checks only what training reads (manifest and token arrays)."""
+    """What is wrong with a prepared folder that has a manifest (a file missing, unreadable, not
+    the size the manifest says, or a token array that fails its checksum), or None. Cheap: the
+    token arrays are memory-mapped and hashed (all of a small one, a fixed sample of a large
+    one). ``complete=False`` checks only what training reads (manifest and token arrays)."""
     out = Path(out_dir)
     missing = [name for name in FILES if complete and not (out / name).is_file()]
     if missing:
@@ -105,6 +163,12 @@ def prepared_damage(out_dir: str | os.PathLike, complete: bool = True) -> str | 
     try:
         manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
         counts = manifest["tokens"] if complete else manifest.get("tokens")  # (stabench speed writes none)
+        checksums = manifest.get("checksums") or {}  # (folders prepared before checksums have none)
+        for name in ARRAYS:
+            if not (out / name).is_file():
+                return f"{name} missing"
+            if name in checksums and (problem := checksum_damage(out / name, checksums[name])):
+                return problem
         for split in ("train", "val"):
             tokens = np.load(out / f"{split}.npy", mmap_mode="r")
             if counts is not None and tokens.size != counts[split]:

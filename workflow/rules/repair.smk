@@ -33,7 +33,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, 
         _SLOTS = {run_dir(*run): {"benchmark": NAME, "method": run[0], "size": run[1], "lr": LR_OF[run[2]],
                                   "seed": int(run[3])} for run in GRID}
         _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
-                     for f in r.output]
+                     for f in r.output] + [f"{RESULTS}/runs.csv.json"]  # runs.csv's record (analysis/tables.py)
         for _line in repair.repair(_SLOTS, EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest],
-                                   f"{RESULTS}/data", dryrun=_DRYRUN):
+                                   f"{RESULTS}/data", dryrun=_DRYRUN, data_cfg=BENCHMARK["data"]):
             _say(_line)
