@@ -6,7 +6,7 @@ Runs, in order of importance, until the time budget is spent (an item whose esti
 longer fits is skipped and recorded as such): ``stabench speed`` (in this process, so torch
 and the compile caches load once) and ``scripts/reference_trainer.py`` at the GPU shapes,
 eager and compiled, single runs and packs; a pack with a diverging member (LR 30) under bf16
-and compile; a profile of 20 steps of a pack of 7. Each result is one JSON line in
+and compile; profiles of 20 steps (GPU busy time against wall time, kernels per step). Each result is one JSON line in
 ``OUT_DIR/rows.jsonl``, written as soon as it is measured, with the graphs compiled during
 the item (torch._dynamo's counters). A short table is printed last.
 """
@@ -82,21 +82,28 @@ def diverging_pack() -> list[dict]:
             for r, m in zip(runs, metrics)]
 
 
-def profile_pack() -> list[dict]:
-    """Kernels per step and the top ops of 20 eager steps of a pack of 7 at d128."""
+def profile_speed(shape: str, compiled: bool, pack: int) -> list[dict]:
+    """Kernels per step, GPU busy time per step against wall time per step, and the top ops of
+    20 steps (after warm-up and compilation) of ``stabench speed`` at ``shape``."""
     from torch.profiler import ProfilerActivity, profile
 
     from stabench.cli import main
-    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    steps = range(31, 51)
+    gpu = torch.cuda.is_available()
+    prof = profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []))
+    steps = range(21, 41)  # after the first recompiles (steps 1-2), before the first probe step (50)
+    wall = {}
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
 
     @contextlib.contextmanager
     def instrument(step, probing):
         if step == steps[0]:
+            sync()
             prof.__enter__()
+            wall["start"] = time.perf_counter()
         yield
         if step == steps[-1]:
-            torch.cuda.synchronize()
+            sync()
+            wall["end"] = time.perf_counter()
             prof.__exit__(None, None, None)
 
     import stabench.speed as speed_module
@@ -104,40 +111,45 @@ def profile_pack() -> list[dict]:
     speed_module.train = lambda *a, **k: real_train(*a, **{**k, "instrument": instrument})
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            main(tiny_args(["speed", "proxies", "--shape", "128x2x2", *GPU_SHAPE, "--steps", "100", "--warmup", "20",
-                            "--compile", "off", "--pack", "7", *SPEED_SETS, "--out", str(Path(tmp) / "s.json")]))
+            main(tiny_args(["speed", "proxies", "--shape", shape, *GPU_SHAPE, "--steps", "60", "--warmup", "20",
+                            "--compile", "on" if compiled else "off", "--pack", str(pack), *SPEED_SETS,
+                            "--out", str(Path(tmp) / "s.json")]))
     finally:
         speed_module.train = real_train
     events = prof.key_averages()
-    kernels = sum(e.count for e in events if e.device_type.name == "CUDA")
-    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx"))
-    top_cuda = sorted(events, key=lambda e: e.self_device_time_total, reverse=True)[:8]
+    n = len(steps)
+    cuda = [e for e in events if e.device_type.name == "CUDA"]
+    top_cuda = sorted(cuda, key=lambda e: e.self_device_time_total, reverse=True)[:10]
     top_cpu = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:8]
-    return [{"item": "profile d128 K=7 eager", "kernels_per_step": kernels / len(steps),
-             "launch_calls_per_step": launches / len(steps),
-             "top_cuda_ms": {e.key[:60]: round(e.self_device_time_total / 1000 / len(steps), 3) for e in top_cuda},
-             "top_cpu_ms": {e.key[:60]: round(e.self_cpu_time_total / 1000 / len(steps), 3) for e in top_cpu}}]
+    return [{"shape": shape, "compiled": compiled, "pack": pack,
+             "wall_ms_per_step": round((wall["end"] - wall["start"]) * 1000 / n, 3),
+             "gpu_busy_ms_per_step": round(sum(e.self_device_time_total for e in cuda) / 1000 / n, 3),
+             "kernels_per_step": sum(e.count for e in cuda) / n,
+             "top_cuda_ms_per_step": {e.key[:70]: round(e.self_device_time_total / 1000 / n, 3) for e in top_cuda},
+             "top_cpu_ms_per_step": {e.key[:70]: round(e.self_cpu_time_total / 1000 / n, 3) for e in top_cpu}}]
 
 
 # (name, estimated seconds, thunk): most important first.
 PLAN = [
+    ("stabench d128 compiled K=1,7", 60, lambda: speed("128x2x2", True, [1, 7])),
+    ("stabench d256 compiled K=1,7", 80, lambda: speed("256x4x4", True, [1, 7])),
+    ("profile d256 compiled K=1", 50, lambda: profile_speed("256x4x4", True, 1)),
+    ("ref d768 16x1024 compiled", 50, lambda: reference(768, 12, 12, True, batch=16, seq=1024)),
+    ("stabench d768 16x1024 compiled K=1", 80,
+     lambda: speed("768x12x12", True, [1], steps=100, extra=["--batch", "16", "--seq", "1024"])),
+    ("profile d128 eager K=7", 25, lambda: profile_speed("128x2x2", False, 7)),
+    ("stabench d512 compiled K=1", 70, lambda: speed("512x8x8", True, [1])),
     ("ref d128 eager", 15, lambda: reference(128, 2, 2, False)),
     ("stabench d128 eager K=1,7,21", 40, lambda: speed("128x2x2", False, [1, 7, 21])),
     ("ref d256 eager", 15, lambda: reference(256, 4, 4, False)),
     ("stabench d256 eager K=1,7", 30, lambda: speed("256x4x4", False, [1, 7])),
     ("ref d128 compiled", 40, lambda: reference(128, 2, 2, True)),
-    ("stabench d128 compiled K=1,7", 100, lambda: speed("128x2x2", True, [1, 7])),
     ("ref d256 compiled", 40, lambda: reference(256, 4, 4, True)),
-    ("stabench d256 compiled K=1,7", 100, lambda: speed("256x4x4", True, [1, 7])),
     ("diverging pack compiled bf16", 60, diverging_pack),
     ("stabench d512 eager K=1,3", 30, lambda: speed("512x8x8", False, [1, 3])),
     ("ref d512 compiled", 45, lambda: reference(512, 8, 8, True)),
     ("stabench d768 16x1024 eager K=1", 40,
-     lambda: speed("768x12x12", False, [1], steps=100, extra=["--batch", "16", "--seq", "1024"])),
-    ("ref d768 16x1024 compiled", 50, lambda: reference(768, 12, 12, True, batch=16, seq=1024)),
-    ("stabench d512 compiled K=1", 90, lambda: speed("512x8x8", True, [1])),
-    ("profile d128 K=7 eager", 40, profile_pack),
-]
+     lambda: speed("768x12x12", False, [1], steps=100, extra=["--batch", "16", "--seq", "1024"])),]
 
 
 def main() -> None:
