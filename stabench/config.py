@@ -237,7 +237,7 @@ def inside(path: str | Path, root: str | Path) -> Path:
 
 # The workflow's --config keys: default and least value (benchmark: a name or a path).
 WORKFLOW_SETTINGS = {"benchmark": ("cpu", None), "train_threads": (1, 1), "gpus": (0, 0), "runs_per_gpu": (1, 1),
-                     "pack": (1, 0)}
+                     "pack": ("auto", 0)}
 
 
 def workflow_settings(config: dict) -> dict:
@@ -252,8 +252,8 @@ def workflow_settings(config: dict) -> dict:
         value = config.get(key, default)
         if key == "pack" and isinstance(value, bool):  # pack=true / pack=false
             value = int(value)
-        if key == "pack" and value == "all":  # every run of a (method, size) in one ensemble
-            settings[key] = value
+        if key == "pack" and value in ("all", "auto"):  # every run of a (method, size) in one ensemble;
+            settings[key] = value                        # packs where they pay (stabench.resources.pack_pays)
             continue
         if least is None:
             if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
@@ -261,7 +261,7 @@ def workflow_settings(config: dict) -> dict:
             settings[key] = str(value)
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least or (key == "pack" and value > 1):
-            allowed = "0, 1 or all" if key == "pack" else f"an integer >= {least}"
+            allowed = "0, 1, all or auto" if key == "pack" else f"an integer >= {least}"
             raise ConfigError(f"--config {key}={value!r}: allowed: {allowed}")
         settings[key] = value
     return settings

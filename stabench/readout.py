@@ -67,6 +67,13 @@ def chunk_rows(members: int, vocab: int, device: torch.device) -> int:
     return max(1, logits_budget_bytes(device) // (4 * members * vocab))
 
 
+def _product_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the products take under the current autocast (bf16 on a GPU), else x's: the
+    softmax is cast once for both of its products, not once in each."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def _chunks(n: int, rows: int) -> list[slice]:
     return [slice(start, min(start + rows, n)) for start in range(0, n, rows)]
 
@@ -94,7 +101,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             if need_grad:
                 probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
                 probs.scatter_add_(2, target, torch.full_like(lse, -1.0))
-                probs = probs.to(h.dtype)
+                probs = probs.to(_product_dtype(h))
                 grad_hidden.append(torch.bmm(probs, weight))                    # (K, c, d)
                 part = torch.bmm(probs.transpose(1, 2), h)                       # (K, V, d)
                 grad_weight = _wide(part) if grad_weight is None else grad_weight + _wide(part)
@@ -143,6 +150,7 @@ class _FusedCrossEntropyAndLogZ(torch.autograd.Function):
             probs = _wide(logits).sub_(log_z[:, rows, None]).exp_()  # softmax
             scale = ce_scale if grad_log_z is None else ce_scale + grad_log_z[:, rows, None]
             probs.mul_(scale).scatter_add_(2, target, (-ce_scale).expand(target.shape).to(probs.dtype))
+            probs = probs.to(amp_dtype if amp_on else h.dtype)
             with torch.autocast(device, dtype=amp_dtype, enabled=amp_on):
                 grad_hidden.append(torch.bmm(probs, weight))
                 part = torch.bmm(probs.transpose(1, 2), h)

@@ -67,6 +67,26 @@ def flops_per_token(size: dict, vocab: int, seq_len: int, mlp_ratio: int = 4) ->
     return 6 * matmul + 12 * layers * seq_len * d
 
 
+# A pack of a size trains by default only where packing measured faster than the same runs one
+# after another (docs/performance.md). On a CPU every measured size gained (1.04-1.37x at d32 and
+# d64). On an H200 (bf16, 64 x 256 tokens a step) a pack of 7 LRs gave 2.4x the tokens/s of one
+# run at d128 (1.5e11 FLOPs a step), 1.9x at d256 (5.7e11), a pack of 3 1.2x at d512 (3.1e12),
+# all eager; a single d768 run (1.1e13 FLOPs a step) already used 29 % of the GPU. So a size
+# packs on a GPU when one member's step is at most this many FLOPs:
+PACK_MAX_STEP_FLOPS_GPU = 5e12
+
+
+def step_flops(benchmark: dict, size_name: str) -> float:
+    """Training FLOPs of one member's step (all processes together)."""
+    size, vocab, seq_len, mlp_ratio = _shape(benchmark, size_name)
+    return benchmark["train"]["batch_size"] * seq_len * flops_per_token(size, vocab, seq_len, mlp_ratio)
+
+
+def pack_pays(benchmark: dict, size_name: str, *, gpus: int) -> bool:
+    """Whether the workflow packs a size's LR sweeps by default (``--config pack=auto``)."""
+    return not gpus or step_flops(benchmark, size_name) <= PACK_MAX_STEP_FLOPS_GPU
+
+
 def _shape(benchmark: dict, size_name: str) -> tuple[dict, int, int, int]:
     size = benchmark["sizes"][size_name]
     return (size, benchmark["data"]["vocab_size"], benchmark["train"]["seq_len"],

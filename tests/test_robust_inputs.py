@@ -258,7 +258,7 @@ def test_tokenizer_typo_fails_fast_without_the_hub(tmp_path, monkeypatch):
     ({"train_threads": 0}, ["train_threads=0"]),
     ({"trian_threads": 2}, ["trian_threads", "did you mean 'train_threads'"]),
     ({"gpus": 1.5}, ["gpus=1.5"]),
-    ({"pack": 2}, ["pack=2", "0, 1 or all"]),
+    ({"pack": 2}, ["pack=2", "0, 1, all or auto"]),
     ({"benchmark": None}, ["benchmark=None"]),
 ])
 def test_workflow_config_is_checked(config, words):

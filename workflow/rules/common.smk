@@ -16,6 +16,7 @@ from snakemake.utils import validate
 from stabench.config import (ConfigError, inside, load_benchmark, method_specs, resolve_benchmark_path, results_dir,
                              slug_pattern, workflow_settings)
 from stabench.methods import MethodError, load_stack
+from stabench.resources import pack_pays
 from stabench.runspec import lr_labels, resolve_run
 
 # The jobs read the benchmark as the user named it (a param, not an input file): editing the file
@@ -45,10 +46,16 @@ TRAIN_THREADS = SETTINGS["train_threads"]
 # GPUs: --config gpus=N (GPUs on this machine, or per SLURM job) runs_per_gpu=K (small runs sharing one).
 GPUS = SETTINGS["gpus"]
 RUNS_PER_GPU = SETTINGS["runs_per_gpu"]
-# Ensembles: --config pack=1 (the default) trains each seed's LR sweep of a (method, size) as one
-# job (its runs share their batches; on a CPU larger ensembles lose to cache misses), pack=all
-# every run of a (method, size) in one job (fill a GPU), pack=0 one job per run.
-PACK = SETTINGS["pack"]  # 0, 1 or "all"
+# Ensembles: --config pack=auto (the default) trains each seed's LR sweep of a (method, size) as
+# one job (its runs share their batches) where packing pays: every size on a CPU, on a GPU the
+# sizes whose step is small enough (stabench.resources.pack_pays, from measured speed-ups), and
+# the others one job per run. pack=1 packs every size that way, pack=all every run of a
+# (method, size) in one job, pack=0 one job per run.
+PACK = SETTINGS["pack"]  # 0, 1, "all" or "auto"
+PACKED_SIZES = [s for s in SIZES if PACK in (1, "all") or (PACK == "auto" and pack_pays(BENCHMARK, s, gpus=GPUS))]
+SINGLE_SIZES = [s for s in SIZES if s not in PACKED_SIZES]
+PACK_SEED = None if PACK == "all" else "{seed}"  # an ensemble job: one seed's sweep, or all seeds
+PACK_JOB = "pack" if PACK == "all" else "s{seed}"
 
 
 def size_gpus(size):
@@ -93,7 +100,7 @@ def run_files(method, size, seed, name):
 
 def pack_runs(wildcards):
     """(lr, seed) labels of an ensemble job's runs."""
-    seeds = [wildcards.seed] if PACK == 1 else SEEDS
+    seeds = SEEDS if PACK == "all" else [wildcards.seed]
     return [(lr, seed) for seed in seeds for lr in LRS]
 
 
@@ -103,11 +110,11 @@ def runs_of(method, size):
 
 def job_times():
     """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
-    packs = ([f"{RESULTS}/benchmarks/train/{m}/{s}/s{seed}.tsv" for m in METHODS for s in SIZES for seed in SEEDS]
-             if PACK == 1 else [f"{RESULTS}/benchmarks/train/{m}/{s}/pack.tsv" for m in METHODS for s in SIZES])
-    train = (packs if PACK else
-             [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
-              for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS])
+    packs = [f"{RESULTS}/benchmarks/train/{m}/{s}/{PACK_JOB.format(seed=seed)}.tsv"
+             for m in METHODS for s in PACKED_SIZES for seed in (SEEDS[:1] if PACK == "all" else SEEDS)]
+    single = [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
+              for m in METHODS for s in SINGLE_SIZES for lr in LRS for seed in SEEDS]
+    train = packs + single
     evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
              "all": [f"{RESULTS}/benchmarks/eval/{m}/{s}/lr{lr}-s{seed}.tsv"
                      for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],

@@ -24,7 +24,7 @@ localrules:
     report,
 
 
-PACK_MEMBERS = len(LRS) * (1 if PACK == 1 else len(SEEDS))  # runs per ensemble job
+PACK_MEMBERS = len(LRS) * (len(SEEDS) if PACK == "all" else 1)  # runs per ensemble job
 EVAL_GPU = GPUS > 0 and BENCHMARK["eval"]["device"] != "cpu"
 
 

@@ -1,12 +1,18 @@
-"""Training: one job per (method, size) training its runs as one ensemble (the default), or with
---config pack=0 one job per run. Both call the same loop (stabench/loop.py). Each job's wall
-time and peak memory go to results/<benchmark>/benchmarks/ (the report shows them per method)."""
+"""Training: one job per seed's LR sweep of a (method, size), trained as one ensemble, for the
+sizes where packing pays (PACKED_SIZES, see common.smk), and one job per run for the others
+(SINGLE_SIZES; all of them with --config pack=0). Both call the same loop (stabench/loop.py).
+Each job's wall time and peak memory go to results/<benchmark>/benchmarks/ (the report shows
+them per method)."""
 
-if not PACK:
+import re
+
+if SINGLE_SIZES:
 
     rule train:
         """One run of the grid. A diverged run exits 0 with diverged: true in its metrics; a
         crash fails only this job, and its log is kept."""
+        wildcard_constraints:
+            size="|".join(map(re.escape, SINGLE_SIZES)),
         input:
             manifest=rules.prepare_data.output.manifest,
         output:
@@ -39,18 +45,17 @@ if not PACK:
             " --threads {threads} {params.gpu} > {log} 2>&1"
 
 
-if PACK:
+if PACKED_SIZES:
     for _label, _stack in STACKS.items():
         if _stack.unpackable_reason():
             logger.info(f"stabench: {_label} trains its runs one at a time ({_stack.unpackable_reason()})")
 
-    # One seed's LR sweep per job (the default), or every run of the (method, size) (pack=all).
-    PACK_SEED = "{seed}" if PACK == 1 else None
-    PACK_JOB = "s{seed}" if PACK == 1 else "pack"
-
     rule train_pack:
-        """Runs of one (method, size) in one process, as one ensemble (stabench/loop.py); a
-        method that declares itself unpackable trains them one at a time."""
+        """Runs of one (method, size) in one process, as one ensemble (stabench/loop.py): one
+        seed's LR sweep per job, or every run of the (method, size) with pack=all. A method
+        that declares itself unpackable trains them one at a time."""
+        wildcard_constraints:
+            size="|".join(map(re.escape, PACKED_SIZES)),
         input:
             manifest=rules.prepare_data.output.manifest,
         output:
