@@ -5,15 +5,17 @@ in peak LR and seed, as one ensemble (``stabench.ensemble``), and writes each ru
 (``stabench.recorder``). A separate run is K = 1; every piece is the same for any K:
 
 - building a member: ``build_member`` (seed, GPT, the methods' transforms), then stacking;
-- the step: one forward of all members on their batches (members with one seed share it; a
-  ``transform_batch`` hook acts on the shared step's batch), one backward of the sum of the
-  members' losses (each member gets its own gradient), global-norm clipping per member, the
-  update rule on the (K, N) tensors (``stabench.update``), the methods' ``on_step`` hooks;
+- the step (``stabench.step``, the hot path): one forward of all members on their batches
+  (``stabench.batches``: members with one seed share it; a ``transform_batch`` hook acts on
+  the shared step's batch), one backward of the sum of the members' losses (each member gets
+  its own gradient), global-norm clipping per member, the update rule on the (K, N) tensors
+  (``stabench.update``); then the methods' ``on_step`` hooks;
 - probe steps (every ``probe_every``, and eval steps): the only host syncs. The loss of every
   step accumulates on the device and reaches the recorder here; probes run; a member whose
   mean loss since the last probe is non-finite or above ``diverge_factor`` x the benchmark's
-  l0 (``stabench.selection``, the rule the analysis applies too) has diverged: it is finished (final evaluation, metrics, checkpoint) and leaves the
-  ensemble, so it costs nothing afterwards and the others are untouched (rows never mix).
+  l0 (``stabench.selection``, the rule the analysis applies too) has diverged: it is finished
+  (final validation, ``stabench.validation``; metrics, checkpoint) and leaves the ensemble, so
+  it costs nothing afterwards and the others are untouched (rows never mix).
 
 Resume: every ``checkpoint_every`` steps each run saves its own checkpoint. Batches depend
 only on (seed, step) and a checkpoint holds model, optimizer, RNG, history and losses, so a
@@ -28,7 +30,6 @@ all-reduce, and every rank takes the same divergence decision. Packs are single-
 from __future__ import annotations
 
 import os
-import platform
 import time
 import warnings
 from collections import defaultdict
@@ -38,26 +39,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 
 from . import curvature  # noqa: F401  (registers its probe)
+from .batches import Batches
 from .checkpoint import set_rng_state
 from .config import ConfigError
 from .contract import Context
-from .batches import Batches
 from .data import load_data, val_windows
+from .device import device_name, make_accelerator, resolve_device
 from .ensemble import Ensemble, build_member
 from .methods import MethodStack, param_options
 from .probes import all_probes, families, run_probes
 from .progress import Progress
-from .readout import fused_cross_entropy, logits_budget_bytes
 from .recorder import Member
 from .runlock import run_locks
 from .runspec import ResolvedRun
 from .schedule import learning_rates, tokens_before
+from .step import TrainingStep
 from .update import AdamW, Optimizer, OptimizerView
+from .validation import validate
 
 
 # Parameters of a pack are strided views of one (K, N) tensor; their gradients accumulate in
@@ -67,37 +67,6 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 class DataMismatchError(ValueError):
     """The prepared data folder was built from different data settings than the run asks for."""
-
-
-def resolve_device(config: dict) -> tuple[str, str]:
-    """(device, precision): auto picks CUDA with bf16 autocast when there is a GPU."""
-    train = config["train"]
-    device = train["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; valid here: auto, cpu")
-    precision = train["precision"]
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
-    return device, precision
-
-
-def make_accelerator(device: str, precision: str, trackers: list[str] = (), project_dir: Path | None = None) -> Accelerator:
-    # Accelerate keeps process-wide state; reset it so several ensembles in one process work.
-    AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device == "cpu", mixed_precision="bf16" if precision == "bf16" else "no",
-                       log_with=list(trackers) or None, project_dir=project_dir)
-
-
-def member_cross_entropy(logits: torch.Tensor | list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss of each member: logits (K, B, T, V) (or K of (B, T, V)), targets
-    (K or 1, B, T) -> (K,), through the logits (twice differentiable), all members at once."""
-    logits = torch.stack(logits) if isinstance(logits, (list, tuple)) else logits
-    k, vocab = logits.shape[0], logits.shape[-1]
-    targets = targets.expand(k, *targets.shape[1:])
-    losses = F.cross_entropy(logits.float().reshape(-1, vocab), targets.reshape(-1), reduction="none")
-    return losses.view(k, -1).mean(dim=1)
 
 
 def is_probe_step(step: int, train: dict) -> bool:
@@ -209,15 +178,8 @@ class EnsembleRun:
         self.last_probe = members[0].history[-1]["step"] if members[0].history else 0
         self.batches = Batches(data.train, self.train_cfg, [m.config["seed"] for m in members], self.rank,
                                self.world, self.device)
-        # train.compile: the step's forward (features, readout, the methods' loss terms) as one
-        # graph, its backward as another (AOTAutograd), probe steps (attention-logit capture) a
-        # second pair; clipping and the update a third. Nothing in them reads a value on the host.
-        logits_budget_bytes(self.device)  # read once, before compiling
-        self.forward_loss = self._forward_loss
-        if self.train_cfg["compile"]:
-            torch.compiler.reset()  # graphs of an earlier ensemble in this process guard on its objects
-            self.forward_loss = torch.compile(self._forward_loss)
-            self.optimizer.compile()
+        self.train_step = TrainingStep(self.ensemble, self.optimizer, stack, self.config, self.accelerator,
+                                       (self.peak_lrs, self.seeds))
         self.progress = Progress(self.train_cfg["steps"], self.step, self._title(), enabled=progress)
 
     @property
@@ -237,8 +199,7 @@ class EnsembleRun:
         return hook[0](batch, step, self.config, hook[1]) if hook else batch
 
     def context(self, step: int, **fields) -> Context:
-        return Context(step=step, tokens=self.tokens_at[step], config=self.config, model=self.ensemble.model,
-                       peak_lrs=self.peak_lrs, seeds=self.seeds, autocast=self.accelerator.autocast, **fields)
+        return self.train_step.context(step, self.tokens_at[step], **fields)
 
     @property
     def peak_lrs(self) -> tuple[float, ...]:
@@ -248,35 +209,18 @@ class EnsembleRun:
     def seeds(self) -> tuple[int, ...]:
         return tuple(m.config["seed"] for m in self.members)
 
-    def _forward_loss(self, batch: torch.Tensor, lr: torch.Tensor, step: int, tokens: int, capture: bool):
-        """(language-model loss (K,), optimized loss (K,), hidden states, attention maxima or None):
-        the part of a step that ``train.compile`` compiles (with its backward)."""
-        hidden, maxima = self.ensemble.model.features(batch[..., :-1], capture)
-        ctx = Context(step=step, tokens=tokens, config=self.config, model=self.ensemble.model,
-                      peak_lrs=self.peak_lrs, seeds=self.seeds, lr=lr, batch=batch, hidden=hidden,
-                      targets=batch[..., 1:], fused_readout=True)
-        lm_loss, total = self.losses(ctx)
-        return lm_loss, total, hidden, maxima
-
-    def train_step(self, step: int, probing: bool) -> Context:
-        ensemble = self.ensemble
+    def step_once(self, step: int, probing: bool) -> Context:
+        """One training step; returns the context its probes and on_step hooks see."""
         batch = self.batch(step)
         lr = self.lr_table[step]
-        ensemble.zero_grad()
-        with self.accelerator.autocast():
-            lm_loss, total, hidden, maxima = self.forward_loss(batch, lr, step, self.tokens_at[step], probing)
-        total.sum().backward()
-        if self.world > 1:
-            torch.distributed.all_reduce(ensemble.grad)
-            ensemble.grad.div_(self.world)
-        grad_norm = self.optimizer.step(lr, self.config["optimizer"]["grad_clip"])
-        self.loss_buffer[len(self.buffered)] = torch.stack([lm_loss.detach(), total.detach().float()], dim=1)
+        result = self.train_step(batch, lr, step, self.tokens_at[step], probing)
+        self.loss_buffer[len(self.buffered)] = torch.stack([result.lm_loss, result.total.float()], dim=1)
         self.buffered.append(step)
-        ctx = self.context(step, lr=lr, batch=batch, hidden=hidden, targets=batch[..., 1:], fused_readout=True)
-        ctx.optimizer, ctx.grad_norm = OptimizerView(self.optimizer, lr), grad_norm
-        ctx.objective = lambda params=None: self.objective(step, lr, batch, params)
-        if maxima is not None:
-            ctx.cache["attn_logit_max"] = maxima
+        ctx = self.context(step, lr=lr, batch=batch, hidden=result.hidden, targets=batch[..., 1:], fused_readout=True)
+        ctx.optimizer, ctx.grad_norm = OptimizerView(self.optimizer, lr), result.grad_norm
+        ctx.objective = lambda params=None: self.train_step.objective(step, self.tokens_at[step], lr, batch, params)
+        if result.maxima is not None:
+            ctx.cache["attn_logit_max"] = result.maxima
         return ctx
 
     def context_of_alive(self, ctx: Context) -> Context:
@@ -291,41 +235,6 @@ class EnsembleRun:
         for method in self.stack.owners("on_step"):
             method.hook("on_step")(ctx, method.args)
 
-    def losses(self, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        """(language-model loss, the loss the run optimizes: plus the methods' terms), each (K,).
-
-        On a training step (``ctx.fused_readout``) the cross-entropy is stabench.readout's fused
-        one, computed together with log Z if a method's term asked for it; otherwise (the
-        curvature probe's objective) through the logits, twice differentiable."""
-        terms = [method.hook("loss")(ctx, method.args) for method in self.stack.owners("loss")]
-        if not ctx.fused_readout:
-            lm_loss = member_cross_entropy(ctx.member_logits, ctx.targets)
-        elif "lm_loss" in ctx.cache:  # a term asked for log Z: the same fused pass gave the loss
-            lm_loss = ctx.cache["lm_loss"]
-        else:
-            lm_loss = fused_cross_entropy(ctx.hidden, self.ensemble.model.head.weight, ctx.targets)
-        total = lm_loss
-        for term in terms:
-            total = total + term
-        return lm_loss, total
-
-    def objective(self, step: int, lr: torch.Tensor, batch: torch.Tensor,
-                  params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        """The loss the run optimizes on ``batch``, (K,), with grad: at the current weights
-        (under the trainer's autocast), or with ``params`` (name -> tensor) in their place
-        (as given: e.g. float64 copies for an exact Hessian; no autocast)."""
-        model = self.ensemble.model
-
-        def compute() -> torch.Tensor:
-            ctx = self.context(step, lr=lr, batch=batch, hidden=model.features(batch[..., :-1])[0],
-                               targets=batch[..., 1:])
-            return self.losses(ctx)[1]
-
-        if params is None:
-            with self.accelerator.autocast():
-                return compute()
-        return torch.func.functional_call(_Call(model, compute), {f"model.{k}": v for k, v in params.items()}, ())
-
     def flush_losses(self) -> None:
         """Per-step losses of the buffer -> each member's record (one host copy)."""
         if not self.buffered:
@@ -337,25 +246,10 @@ class EnsembleRun:
             m.add_losses(self.buffered, values[:, k].tolist())
         self.buffered = []
 
-    @torch.no_grad()
     def evaluate(self) -> list[dict]:
-        """Mean loss on the fixed validation windows per member, with max attention logits and log Z."""
-        losses, log_z, layer_max = 0.0, 0.0, None
-        size = self.train_cfg["eval_batch_size"]
-        for start in range(0, len(self.windows), size):
-            batch = self.windows[start:start + size][None].to(self.device)
-            with self.accelerator.autocast():
-                hidden, maxima = self.ensemble.model.features(batch[..., :-1], capture=True)
-                logits = self.ensemble.model.readout(hidden)
-            n = batch.shape[1]
-            losses = losses + member_cross_entropy(logits, batch[..., 1:]) * n
-            log_z = log_z + Context.member_mean(torch.logsumexp(logits.float(), dim=-1)) * n
-            layer_max = maxima if layer_max is None else torch.maximum(layer_max, maxima)
-        n = len(self.windows)
-        values = torch.stack([losses / n, log_z / n]).cpu().tolist()
-        per_layer = layer_max.cpu().T.tolist()
-        return [{"loss": values[0][k], "log_z": values[1][k], "attn_logit_max_per_layer": per_layer[k],
-                 "attn_logit_max": max(per_layer[k])} for k in range(len(self.members))]
+        """Each member's validation loss, log Z and attention maxima (stabench.validation)."""
+        return validate(self.ensemble.model, self.windows, self.train_cfg["eval_batch_size"], self.device,
+                        self.accelerator.autocast)
 
     # ---- the loop ---------------------------------------------------------------------------
 
@@ -378,7 +272,7 @@ class EnsembleRun:
             step = self.step
             probing = is_probe_step(step, tr)
             with self.instrument(step, probing):
-                ctx = self.train_step(step, probing)
+                ctx = self.step_once(step, probing)
             self.progress.update()
             checkpointing = step % tr["checkpoint_every"] == 0 and step < tr["steps"]
             if not (probing or checkpointing):
@@ -441,6 +335,7 @@ class EnsembleRun:
                 self.ensemble.keep(alive)
                 self.optimizer.keep(alive)
                 self.batches.keep(list(self.seeds))
+                self.train_step.keep(self.peak_lrs, self.seeds)
                 self.lr_table = self.lr_table[:, alive].contiguous()
                 self.loss_buffer = self.loss_buffer[:, alive].contiguous()
 
@@ -468,20 +363,3 @@ class EnsembleRun:
             if self.accelerator.is_main_process:
                 self.save(k, m, finished=True)
                 m.write_files()
-
-
-class _Call(torch.nn.Module):
-    """Calls ``fn`` with ``model`` as a submodule, so torch.func.functional_call can swap its weights."""
-
-    def __init__(self, model: torch.nn.Module, fn):
-        super().__init__()
-        self.model, self.fn = model, fn
-
-    def forward(self) -> torch.Tensor:
-        return self.fn()
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return f"cuda ({torch.cuda.get_device_name()})"
-    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"

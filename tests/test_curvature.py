@@ -17,7 +17,7 @@ from stabench import curvature
 from stabench.contract import Context
 from stabench.curvature import ADAM_THRESHOLD, adam_threshold, math_attention, measure
 from stabench.ensemble import Ensemble
-from stabench.loop import member_cross_entropy
+from stabench.step import member_cross_entropy
 from stabench.model import GPT
 from stabench.probes import PROBES
 from stabench.update import AdamW, Optimizer, OptimizerView
