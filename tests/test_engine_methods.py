@@ -301,6 +301,31 @@ def test_a_hook_that_is_not_a_function_fails_at_load(tmp_methods):
         load_module(name)
 
 
+PROBE_SOURCE = DOC + """from stabench.contract import Probe
+def probes(args):
+    return {{"{name}": Probe(lambda ctx: {{}})}}
+"""
+
+
+def test_a_method_probe_under_an_engine_probe_name_fails_at_load(tmp_methods):
+    name = tmp_methods(PROBE_SOURCE.format(name="grad_rms"), "probe_clash")
+    with pytest.raises(MethodError) as err:
+        load_stack(f"baseline+{name}")
+    message = str(err.value)
+    assert "\n" not in message and "probe 'grad_rms'" in message
+    assert f"method {name!r}" in message and f"{name}.py" in message and "stabench.probes._grad_rms" in message
+
+
+def test_two_methods_with_one_probe_name_fail_at_load_naming_both(tmp_methods):
+    a, b = (tmp_methods(PROBE_SOURCE.format(name="mine"), stem) for stem in ("probe_a", "probe_b"))
+    load_stack(a), load_stack(b)  # each alone is fine
+    with pytest.raises(MethodError) as err:
+        load_stack(f"{a}+{b}")
+    message = str(err.value)
+    assert "\n" not in message and "probe 'mine'" in message
+    assert f"method {a!r}" in message and f"method {b!r}" in message and f"{a}.py" in message and f"{b}.py" in message
+
+
 def test_packable_false_needs_a_reason(tmp_methods):
     name = tmp_methods(DOC + "PACKABLE = False\n", "nopack")
     with pytest.raises(MethodError) as err:
