@@ -6,7 +6,6 @@ method."""
 
 from __future__ import annotations
 
-import csv
 import inspect
 import io
 import re
