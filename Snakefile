@@ -3,7 +3,7 @@
     snakemake --cores 2                              # the default benchmark (cpu)
     snakemake --cores 2 --config benchmark=smoke     # any benchmarks/<name>.yaml, or a path
 
-Rules live in workflow/rules/; every arrow of DESIGN.md's flow is a rule, so a rerun does
+Rules live in workflow/rules/; every arrow of the flow (docs/architecture.md) is a rule, so a rerun does
 only what changed and a new method trains only its own runs.
 """
 

@@ -11,7 +11,8 @@ instead of re-reading histories. Columns added:
 - peak/<family>: the largest reading of each declared probe family;
 - spikes/<family>, spikes_near/<family>, near_steps/<family>: loss spikes against each family
   that declares a threshold (analysis/probe_families.crossing_counts).
-The history columns named here are the engine's own probes (DESIGN.md), not any method's.
+The history columns named here are the engine's own probes (stabench.probes.ENGINE_PROBES), not any
+method's.
 """
 
 from __future__ import annotations

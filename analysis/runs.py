@@ -3,7 +3,7 @@
 The training engine writes `results/<bench>/runs/<method>/<size>/lr<lr>-s<seed>/` with a
 `metrics.json` and a `history.csv`. This module flattens the metrics into a table
 (`runs.csv`) that every later step (scoring, claims, figures, report) reads, and adds the
-`effective_loss` column that the LR-sensitivity metric is defined on (METHODS.md): one l0 per
+`effective_loss` column that the LR-sensitivity metric is defined on (docs/metrics.md): one l0 per
 benchmark (analysis/settings.py), every loss clipped to it, a diverged run counted as it.
 Per-run numbers read from the histories are added by analysis/run_stats.py.
 """
@@ -39,7 +39,7 @@ def _float(x) -> float:
 
 
 def effective_loss(final_val_loss, diverged, l0) -> float:
-    """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md): the one rule,
+    """min(l, l0), with a diverged or non-finite run counting as l0 (docs/metrics.md): the one rule,
     stabench/selection.py.
 
     l0 is the benchmark's (analysis/settings.py), never the run's own init loss: init losses

@@ -225,7 +225,9 @@ def on_step(ctx: Context, args: dict) -> None:
 
 
 def probes(args: dict) -> dict[str, Probe]:
-    """Extra diagnostics: {probe name: Probe} (a plain function is a Probe without a family)."""
+    """Extra diagnostics: {probe name: Probe} (a plain function is a Probe without a family). A
+    name an engine probe (``stabench.probes.ENGINE_PROBES``) or another method's probe has is
+    an error when the methods load."""
 
 
 def update_rule(config: dict, args: dict) -> UpdateRule:

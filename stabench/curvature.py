@@ -35,7 +35,6 @@ import torch
 
 from .contract import Context, ProbeFamily
 from .eigen import PreconditionedHessian, top_eigenpairs, updated_mask
-from .probes import register_probe
 
 ADAM_THRESHOLD = 38.0   # (2 + 2 beta1) / (1 - beta1) at beta1 = 0.9
 TOL = 1e-3
@@ -116,10 +115,13 @@ def measure(ctx: Context) -> dict | None:
             "adam_threshold": adam_threshold(beta1)}
 
 
-@register_probe("curvature", ProbeFamily("lr x preconditioned curvature (Adam threshold 38)", log_y=True,
-                                         headline="lr_lambda_max", threshold=ADAM_THRESHOLD))
-def _curvature(ctx: Context) -> dict:
-    """lambda_max of the preconditioned Hessian every ``probes.curvature_every`` steps."""
+FAMILY = ProbeFamily("lr x preconditioned curvature (Adam threshold 38)", log_y=True, headline="lr_lambda_max",
+                     threshold=ADAM_THRESHOLD)
+
+
+def curvature_probe(ctx: Context) -> dict:
+    """lambda_max of the preconditioned Hessian every ``probes.curvature_every`` steps: the
+    engine's probe 'curvature' (``stabench.probes.ENGINE_PROBES``, drawn as ``FAMILY``)."""
     every = int(ctx.config["probes"].get("curvature_every", 0) or 0)
     if every <= 0 or ctx.step % every:
         return {}

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from .contract import (EXCLUSIVE_HOOKS, HOOKS, PARAM_OPTION_KEYS, Probe, arg_problem, as_probe, declaration_problem,
                        signature_problem)
+from .probes import PROBES, place
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "shipped" / "methods"  # travels with the package
 METHODS_PATH_VARIABLE = "STABENCH_METHODS_PATH"
@@ -239,10 +240,20 @@ class MethodStack:
         return "; ".join(reasons) or None
 
     def probes(self) -> dict[str, Probe]:
+        """The methods' probes ({name: Probe}); a name taken by an engine probe
+        (``stabench.probes.ENGINE_PROBES``) or by another method's probe is an error naming both."""
         out: dict[str, Probe] = {}
+        where: dict[str, str] = {}
         for method in self.owners("probes"):
+            here = f"method {method.name!r} ({method.module.__file__})"
             for name, probe in method.hook("probes")(method.args).items():
-                out[name] = as_probe(probe)
+                if name in PROBES:
+                    raise MethodError(f"probe {name!r} of {here} is taken by the engine's probe "
+                                      f"{place(PROBES[name].fn)}; rename it")
+                if name in out:
+                    raise MethodError(f"probe {name!r} is defined by {where[name]} and by {here}; "
+                                      "they cannot be composed until one is renamed")
+                out[name], where[name] = as_probe(probe), here
         return out
 
 
@@ -271,6 +282,7 @@ def load_stack(use: str, args: dict[str, dict] | None = None) -> MethodStack:
             raise MethodError(
                 f"method {use!r}: {' and '.join(owners)} both define the exclusive hook {hook!r}; "
                 "they cannot be composed")
+    stack.probes()  # probe names: unique among the methods and the engine's
     return stack
 
 

@@ -3,9 +3,14 @@
 A probe is a ``stabench.contract.Probe``: ``fn(ctx) -> {column: value}`` with values of shape
 () or (K,), and the ``ProbeFamily`` the report draws its columns as. The recorder moves every
 value to the host in one transfer (one sync per probe step, none on other steps) and splits
-it into one row per member. Adding a probe is one registered function here, or a method's
-``probes`` hook. Which probe wrote which column, and the families, go into metrics.json, so
-the report draws probe panels from these declarations alone.
+it into one row per member. Which probe wrote which column, and the families, go into
+metrics.json, so the report draws probe panels from these declarations alone.
+
+The engine's probes are the one explicit list ``ENGINE_PROBES`` at the end of this file
+(defined here or in the module it imports, ``stabench.curvature``); adding one is a function
+and a line there (docs/architecture.md). A method adds its own through its ``probes`` hook
+(``stabench.methods.MethodStack.probes``). Probe names are unique: registering a name twice,
+or a method's probe under an engine probe's or another method's name, raises and names both.
 """
 
 from __future__ import annotations
@@ -14,15 +19,32 @@ from typing import Any, Callable
 
 import torch
 
+from . import curvature
 from .contract import Context, Probe, ProbeFamily
 from .model import parameter_roles
 
-PROBES: dict[str, Probe] = {}
+PROBES: dict[str, Probe] = {}  # name -> probe: ENGINE_PROBES, registered at the end of this file
 MATRIX_ROLES = ("embedding", "hidden", "readout")
 
 
+class ProbeNameError(ValueError):
+    """Two probes under one name; the message is one line naming both places."""
+
+
+def place(fn: Callable) -> str:
+    """'module.function' of a probe function, for messages."""
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
 def register_probe(name: str, family: ProbeFamily | None = None) -> Callable:
+    """Decorator: add ``fn`` to ``PROBES`` as probe ``name``. A name already taken by another
+    function raises ``ProbeNameError`` naming both (module and function); the same function
+    registered again (its module imported again) replaces itself."""
     def decorate(fn: Callable[[Context], dict[str, Any]]) -> Callable:
+        taken = PROBES.get(name)
+        if taken is not None and place(taken.fn) != place(fn):
+            raise ProbeNameError(f"probe {name!r} of {place(fn)} is already registered by {place(taken.fn)}; "
+                                 "rename one of them")
         PROBES[name] = Probe(fn, family)
         return fn
     return decorate
@@ -34,7 +56,6 @@ def per_member(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(flat, dim=1, dtype=torch.float32) / flat.shape[1] ** 0.5
 
 
-@register_probe("train", ProbeFamily("gradient norm (before clipping)", log_y=True, headline="grad_norm"))
 def _train_state(ctx: Context) -> dict[str, Any]:
     row = {"loss": ctx.loss, "lr": ctx.lr}
     if ctx.grad_norm is not None:
@@ -42,7 +63,6 @@ def _train_state(ctx: Context) -> dict[str, Any]:
     return row
 
 
-@register_probe("attention_logits", ProbeFamily("max attention logit", log_y=True, headline="attn_logit_max"))
 def _attention_logits(ctx: Context) -> dict[str, Any]:
     """Max attention logit per layer: Wortsman et al. see divergence once it passes ~1e4."""
     maxima = ctx.cache.get("attn_logit_max")  # (active layers, K), from the probe step's forward
@@ -53,7 +73,6 @@ def _attention_logits(ctx: Context) -> dict[str, Any]:
     return row
 
 
-@register_probe("output_logits", ProbeFamily("output log Z (mean over positions)", headline="log_z_mean"))
 def _output_logits(ctx: Context) -> dict[str, Any]:
     """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.2): log Z drifting from 0,
     and the spread of the output logits (their std over the vocabulary, mean over positions)."""
@@ -72,7 +91,6 @@ def matrices(ctx: Context) -> list[str]:
     return ctx.cache["matrices"]
 
 
-@register_probe("grad_rms", ProbeFamily("gradient RMS (mean over matrices)", log_y=True, headline="grad_rms_mean"))
 def _grad_rms(ctx: Context) -> dict[str, Any]:
     """Gradient RMS per weight matrix, ``grad_rms/<param>``, and their mean ``grad_rms_mean``.
 
@@ -87,8 +105,6 @@ def _grad_rms(ctx: Context) -> dict[str, Any]:
     return row
 
 
-@register_probe("update_rms", ProbeFamily("update RMS (the step the LR multiplies)", log_y=True,
-                                          headline="update_rms_mean"))
 def _update_rms(ctx: Context) -> dict[str, Any]:
     """RMS of the update rule's unscaled step per weight matrix (for AdamW m_hat / (sqrt(v_hat)
     + eps), near 1 while |g| >> eps, below 1 once eps dominates sqrt(v_hat)); columns
@@ -109,7 +125,6 @@ def _update_rms(ctx: Context) -> dict[str, Any]:
     return row
 
 
-@register_probe("adam_second_moment", ProbeFamily("Adam second moment: max", log_y=True, headline="adam_v_max"))
 def _adam_second_moment(ctx: Context) -> dict[str, Any]:
     """Max and global L2 norm of the second moment v (``exp_avg_sq``) over all parameters: the
     instability signal of Li, Zhang and He (2022). Rules without ``exp_avg_sq`` give none."""
@@ -152,10 +167,12 @@ def run_probes(ctx: Context, probes: dict[str, Probe]) -> tuple[list[dict[str, f
 
 
 def all_probes(extra: dict[str, Probe]) -> dict[str, Probe]:
-    """The engine's probes, then a method's (a method's probe may not replace an engine probe)."""
-    clash = sorted(set(extra) & set(PROBES))
-    if clash:
-        raise ValueError(f"probe name(s) {', '.join(clash)} are taken by the engine's probes")
+    """The engine's probes, then the methods' (``MethodStack.probes``, whose names are checked
+    when the methods load; a name taken by an engine probe raises here as well)."""
+    for name, probe in extra.items():
+        if name in PROBES:
+            raise ProbeNameError(f"probe {name!r} of {place(probe.fn)} is taken by the engine's probe "
+                                 f"{place(PROBES[name].fn)}; rename it")
     return {**PROBES, **extra}
 
 
@@ -172,3 +189,22 @@ def families(probes: dict[str, Probe], owner: dict[str, str]) -> dict[str, dict]
         if column not in entry["columns"]:
             entry["columns"].append(column)
     return out
+
+
+# ---- the engine's probes: one explicit list, in the order their columns appear ---------------
+
+ENGINE_PROBES: tuple[tuple[str, Callable[[Context], dict[str, Any]], ProbeFamily], ...] = (
+    ("train", _train_state, ProbeFamily("gradient norm (before clipping)", log_y=True, headline="grad_norm")),
+    ("attention_logits", _attention_logits, ProbeFamily("max attention logit", log_y=True,
+                                                        headline="attn_logit_max")),
+    ("output_logits", _output_logits, ProbeFamily("output log Z (mean over positions)", headline="log_z_mean")),
+    ("grad_rms", _grad_rms, ProbeFamily("gradient RMS (mean over matrices)", log_y=True, headline="grad_rms_mean")),
+    ("update_rms", _update_rms, ProbeFamily("update RMS (the step the LR multiplies)", log_y=True,
+                                            headline="update_rms_mean")),
+    ("adam_second_moment", _adam_second_moment, ProbeFamily("Adam second moment: max", log_y=True,
+                                                            headline="adam_v_max")),
+    ("curvature", curvature.curvature_probe, curvature.FAMILY),
+)
+
+for _name, _fn, _family in ENGINE_PROBES:
+    register_probe(_name, _family)(_fn)

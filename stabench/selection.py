@@ -2,7 +2,7 @@
 which run diverged, and which LR (and run) is a method's best. Both against the benchmark's
 ONE l0 (the loss of the uniform predictor, ln(vocab_size), unless the benchmark sets
 ``analysis.l0``), never a run's own initial loss: initial losses differ by method, and a
-per-run threshold would judge methods by different standards (METHODS.md, LR sensitivity).
+per-run threshold would judge methods by different standards (docs/metrics.md).
 
 Used by the analysis (analysis/runs.py, analysis/statistics.py: scores and the leaderboard's
 best LR), by evaluation (stabench/evaluation/runner.py: the run it evaluates) and meant for
@@ -38,7 +38,7 @@ def is_diverged(loss, l0: float, factor: float) -> bool:
 
 
 def effective_loss(final_val_loss, diverged, l0) -> float:
-    """min(l, l0), with a diverged or non-finite run counting as l0 (METHODS.md); without an l0
+    """min(l, l0), with a diverged or non-finite run counting as l0 (docs/metrics.md); without an l0
     (NaN) a diverged run is NaN."""
     final, l0 = _float(final_val_loss), _float(l0)
     bad = bool(diverged) or not math.isfinite(final)

@@ -1,12 +1,11 @@
 """The typed method contract (stabench.contract, stabench.methods): loading, composing,
 arguments, hook signatures checked at load, PACKABLE, param_options keys, the context object
-that loss/on_step/probe hooks receive, the z_loss hook, methods/_template.py as a working
-method (K = 1 and K = 2), and the rule that the engine, the analysis and the workflow name no
+that loss/on_step/probe hooks receive, the z_loss hook, methods/_template.py (every hook
+documented; a copy trains exactly the baseline, K = 1 and K = 2), and the rule that the engine, the analysis and the workflow name no
 method."""
 
 from __future__ import annotations
 
-import csv
 import inspect
 import io
 import re
@@ -301,6 +300,31 @@ def test_a_hook_that_is_not_a_function_fails_at_load(tmp_methods):
         load_module(name)
 
 
+PROBE_SOURCE = DOC + """from stabench.contract import Probe
+def probes(args):
+    return {{"{name}": Probe(lambda ctx: {{}})}}
+"""
+
+
+def test_a_method_probe_under_an_engine_probe_name_fails_at_load(tmp_methods):
+    name = tmp_methods(PROBE_SOURCE.format(name="grad_rms"), "probe_clash")
+    with pytest.raises(MethodError) as err:
+        load_stack(f"baseline+{name}")
+    message = str(err.value)
+    assert "\n" not in message and "probe 'grad_rms'" in message
+    assert f"method {name!r}" in message and f"{name}.py" in message and "stabench.probes._grad_rms" in message
+
+
+def test_two_methods_with_one_probe_name_fail_at_load_naming_both(tmp_methods):
+    a, b = (tmp_methods(PROBE_SOURCE.format(name="mine"), stem) for stem in ("probe_a", "probe_b"))
+    load_stack(a), load_stack(b)  # each alone is fine
+    with pytest.raises(MethodError) as err:
+        load_stack(f"{a}+{b}")
+    message = str(err.value)
+    assert "\n" not in message and "probe 'mine'" in message
+    assert f"method {a!r}" in message and f"method {b!r}" in message and f"{a}.py" in message and f"{b}.py" in message
+
+
 def test_packable_false_needs_a_reason(tmp_methods):
     name = tmp_methods(DOC + "PACKABLE = False\n", "nopack")
     with pytest.raises(MethodError) as err:
@@ -359,14 +383,33 @@ def test_members_built_differently_are_refused_naming_the_setting(engine_bench, 
     assert "blocks.0.attn.scale" in str(err.value) and "PACKABLE = False" in str(err.value)
 
 
-# ---- methods/_template.py is a working method ---------------------------------------------
+# ---- methods/_template.py: every hook documented, inert as copied ---------------------------
 
-def test_template_documents_every_hook_with_its_signature():
-    template = load_module_from(REPO / "methods" / "_template.py")
+TEMPLATE = REPO / "methods" / "_template.py"
+
+
+def commented_hooks(source: str) -> dict[str, str]:
+    """{hook: its code, uncommented} of the hooks the template documents as commented-out blocks
+    (a block runs from '# def <hook>(' to the first empty line)."""
+    found = {}
+    for match in re.finditer(r"^# def (\w+)\(.*?(?=^$)", source, re.M | re.S):
+        found[match[1]] = "\n".join(line[2:] for line in match[0].splitlines())
+    return found
+
+
+def test_template_documents_every_hook_with_its_signature_and_an_example():
+    template = load_module_from(TEMPLATE)
+    commented = commented_hooks(TEMPLATE.read_text())
+    assert set(commented) <= set(HOOKS)
     for hook, spec in HOOKS.items():
-        fn = getattr(template, hook)
+        fn = getattr(template, hook, None)
+        if spec.exclusive:  # defining one would replace an engine default and block composition
+            assert fn is None, f"the template defines the exclusive hook {hook}"
+            namespace = {}
+            exec(compile("from __future__ import annotations\n" + commented[hook], hook, "exec"), namespace)
+            fn = namespace[hook]
         assert list(inspect.signature(fn).parameters) == list(spec.signature.parameters), hook
-        assert inspect.getdoc(fn), hook
+        assert "Example" in inspect.getdoc(fn), hook
     for attr in ("VERSION", "ARGS", "CHANGES_LR_MEANING", "PACKABLE", "UNPACKABLE_REASON"):
         assert hasattr(template, attr), attr
 
@@ -379,25 +422,27 @@ def load_module_from(path: Path):
     return module
 
 
-def test_template_copied_under_a_new_name_trains_alone_and_packed_alike(engine_bench, tmp_methods, tmp_path):
-    name = tmp_methods((REPO / "methods" / "_template.py").read_text(), "my_method")
+def test_template_copied_under_a_new_name_trains_exactly_the_baseline(engine_bench, tmp_methods, tmp_path):
+    name = tmp_methods(TEMPLATE.read_text(), "my_method")
     assert name in known_methods()
     bench = engine_bench.load(["train.steps=10", "train.probe_every=5", "train.eval_every=10"])
-    runs = [resolve(bench, name, lr=lr) for lr in (1e-3, 3e-3)]
-    assert runs[0].stack.unpackable_reason() is None
-    packed = train(runs, [tmp_path / "p0", tmp_path / "p1"], engine_bench.data_dir, progress=False)
-    single = train(runs, [tmp_path / "s0", tmp_path / "s1"], engine_bench.data_dir, progress=False, pack=False)
-    for i, (p, s) in enumerate(zip(packed, single)):
-        assert p["packed_with"] == 2 and s["packed_with"] == 1
-        assert not p["diverged"] and p["steps"] == 10
-        assert p["final_val_loss"] == pytest.approx(s["final_val_loss"], rel=1e-5)
-        assert p["final_val_loss"] < p["init_loss"]
-        assert p["methods"] == [{"name": name, "args": {"strength": 1.0}, "version": "1", "changes_lr_meaning": False}]
-        assert p["probe_families"]["template_norm"]["columns"] == ["template_head_norm"]
-        with open(tmp_path / f"p{i}" / "history.csv") as f:
-            rows = [r for r in csv.DictReader(f) if r.get("template_head_norm")]
-        assert [int(r["step"]) for r in rows] == [5, 10]
-        assert "update_rms_mean" in rows[0]  # the template's rule has a direction
+    for method in ("baseline", name):  # composes with methods that define every exclusive hook
+        load_stack(f"{method}+seq_len_warmup+adam_atan2")
+    for pack in (False, True):
+        out = {}
+        for method in ("baseline", name):
+            runs = [resolve(bench, method, lr=lr) for lr in (1e-3, 1e-2)]
+            assert runs[0].stack.unpackable_reason() is None
+            dirs = [tmp_path / f"{method}-{pack}-{i}" for i in range(2)]
+            metrics = train(runs, dirs, engine_bench.data_dir, progress=False, pack=pack)
+            out[method] = [(m, (d / "losses.csv").read_text(), (d / "history.csv").read_text())
+                           for m, d in zip(metrics, dirs)]
+        for (mine, my_losses, my_history), (base, losses, history) in zip(out[name], out["baseline"]):
+            assert my_losses == losses  # every step's loss, bitwise
+            assert my_history.splitlines()[0] == history.splitlines()[0]  # no probe column added
+            assert mine["final_val_loss"] == base["final_val_loss"]
+            assert mine["probe_families"] == base["probe_families"]
+            assert mine["methods"] == [{"name": name, "args": {}, "version": "1", "changes_lr_meaning": False}]
 
 
 # ---- the engine, the analysis and the workflow name no method ---------------------------

@@ -1,11 +1,16 @@
 """Probes (stabench.probes) on a two-member ensemble: gradient RMS, the update rule's update
 RMS and Adam's second moment, attention and output logits, each per member against a hand
-computation; run_probes' rows and the families the report draws from; and the loss spike
-count (stabench.spikes) on per-step losses."""
+computation; run_probes' rows and the families the report draws from; the engine's probes as
+one explicit list whose names are unique (a second registration of a name raises naming both);
+and the loss spike count (stabench.spikes) on per-step losses."""
 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +18,8 @@ import torch
 from stabench.contract import Context, Probe, ProbeFamily
 from stabench.ensemble import Ensemble
 from stabench.model import GPT
-from stabench.probes import PROBES, all_probes, families, run_probes
+from stabench import curvature
+from stabench.probes import ENGINE_PROBES, PROBES, ProbeNameError, all_probes, families, register_probe, run_probes
 from stabench.spikes import count_loss_spikes, loss_spikes, spike_steps
 from stabench.update import AdamW, Optimizer, OptimizerView
 
@@ -182,6 +188,56 @@ def test_families_come_from_the_declarations(stepped):
     assert "curvature" not in fam  # off: it wrote no column
     with pytest.raises(ValueError, match="taken by the engine"):
         all_probes({"grad_rms": Probe(lambda ctx: {})})
+
+
+# ---- one explicit list, unique names ----------------------------------------------------------
+
+def test_the_engine_probes_are_the_one_explicit_list():
+    assert list(PROBES) == [name for name, _, _ in ENGINE_PROBES]
+    for name, fn, family in ENGINE_PROBES:
+        assert PROBES[name].fn is fn and PROBES[name].family == family
+    assert PROBES["curvature"].fn is curvature.curvature_probe and PROBES["curvature"].family is curvature.FAMILY
+
+
+def test_registering_a_taken_name_raises_naming_both_places():
+    before = dict(PROBES)
+
+    def my_grad_rms(ctx):
+        return {}
+
+    with pytest.raises(ProbeNameError) as err:
+        register_probe("grad_rms")(my_grad_rms)
+    message = str(err.value)
+    assert "\n" not in message and "'grad_rms'" in message
+    assert "test_probes.test_registering_a_taken_name_raises_naming_both_places.<locals>.my_grad_rms" in message
+    assert "stabench.probes._grad_rms" in message
+    with pytest.raises(ProbeNameError, match="stabench.curvature.curvature_probe"):
+        register_probe("curvature")(my_grad_rms)
+    assert PROBES == before
+    register_probe("curvature", curvature.FAMILY)(curvature.curvature_probe)  # the same function again: no clash
+    assert PROBES == before
+
+
+def test_an_extra_probe_under_an_engine_name_raises_naming_both():
+    def my_probe(ctx):
+        return {}
+
+    with pytest.raises(ProbeNameError, match=r"probe 'grad_rms' of .*my_probe is taken by the engine's probe "
+                                             r"stabench\.probes\._grad_rms"):
+        all_probes({"grad_rms": Probe(my_probe)})
+
+
+@pytest.mark.parametrize("first", ["stabench.probes", "stabench.curvature", "stabench.loop"])
+def test_probe_modules_import_alone_in_any_order(first):
+    """No import cycle: each module imports in a fresh process, and importing curvature again
+    (loop.py imports it too) registers nothing twice."""
+    code = (f"import {first}, importlib, stabench.curvature, stabench.probes as p; "
+            "importlib.reload(stabench.curvature); assert list(p.PROBES) == [n for n, _, _ in p.ENGINE_PROBES]; "
+            "assert p.PROBES['curvature'].fn.__module__ == 'stabench.curvature'")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr
 
 
 class NoState:
