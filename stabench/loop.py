@@ -40,7 +40,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import curvature  # noqa: F401  (registers its probe)
 from .batches import Batches
 from .checkpoint import set_rng_state
 from .config import ConfigError

@@ -14,9 +14,10 @@ training token's). ``rate`` is an effective (not peak) FLOP/s:
   x86_64 thread at d256 (torch 2.13, fp32) and a fixed ~30 ms per step at d32-d64 (probes,
   optimizer, Python); the constants are half that rate and 1.6 x that overhead, for slower
   machines.
-- GPU: ``GPU_FLOPS`` per GPU. Not measured on stabench yet; nanoGPT compiled on an H100 reaches
-  about 290-380 TFLOP/s at d512-d768 (shared/gpu/README.md anchors), so 150 TFLOP/s leaves room
-  for an A100 or an uncompiled run; the ~4 ms per-step overhead of those anchors is doubled.
+- GPU: ``GPU_FLOPS`` per GPU. On one H200 stabench's compiled single runs reached 30-400 TFLOP/s
+  (d128 to d768, docs/performance.md; nanoGPT-style references reach 290-380 TFLOP/s at
+  d512-d768 on an H100), so 150 TFLOP/s leaves room for an A100 or an uncompiled run; a ~4 ms
+  per-step overhead, doubled.
 The sum is multiplied by ``SAFETY`` (1.5), and a pack of K runs costs K runs. At least
 ``MIN_RUNTIME_MIN``: schedulers do not start short jobs faster below a few minutes, and each
 job also starts Python, Snakemake and torch.
