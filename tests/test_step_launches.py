@@ -56,3 +56,30 @@ def test_compiled_step_is_a_bounded_set_of_graphs_without_recompiles(engine_benc
     # after the first probe step.
     assert seen[24] <= 6
     assert seen[24] == seen[5], seen
+
+
+class HostReads(OpCounter):
+    """Records the ops that read a tensor's value on the host (.item(), bool(), float())."""
+
+    READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.READS):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", ["baseline", "qk_layernorm+z_loss", "depth_warmup", "adam_atan2"])
+def test_plain_steps_read_no_value_on_the_host(engine_bench, tmp_path, method):
+    """Outside probe steps the step never waits for the device: no op reads a value back.
+    (On a CPU this catches .item(), bool() and float() of tensors; a GPU adds nothing else.)"""
+    bench = engine_bench.load(STEPS)
+    runs = [resolve(bench, method=method, lr=lr) for lr in (1e-3, 1e-2)]
+    reads = HostReads()
+    train(runs, [tmp_path / "a", tmp_path / "b"], engine_bench.data_dir, progress=False,
+          instrument=lambda step, probing: reads if not probing and step > 1 else contextlib.nullcontext())
+    assert reads.reads == []
