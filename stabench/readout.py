@@ -4,8 +4,8 @@ At the sizes this benchmark trains, the output logits (members x rows x vocabula
 largest tensors of a step, and the plain path (logits, log-softmax, NLL, then their backward)
 passes over them about ten times. Here the loss of all K members is computed at once, in
 chunks of rows: one batched product gives the chunk's logits (K, rows, V), then their
-logsumexp, the target logits, and at once the gradient of the mean cross-entropy (softmax
-minus one-hot, over N), which two batched products turn into the gradients of the hidden
+log-softmax (one row-wise pass), the target's log-probability, and at once the gradient of
+the mean cross-entropy (softmax minus one-hot, over N), which two batched products turn into the gradients of the hidden
 states and of the head weights. The backward only scales the saved gradients.
 
 Chunks are sized by a memory budget of the device (``logits_budget_bytes``: an eighth of the
@@ -96,11 +96,12 @@ class _FusedCrossEntropy(torch.autograd.Function):
         for rows in _chunks(n, chunk_rows(k, weight.shape[1], hidden.device)):
             h, target = hidden[:, rows], targets[:, rows]
             logits = _wide(torch.bmm(h, weight.transpose(1, 2)))            # (K, c, V)
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total = total + (lse - logits.gather(2, target)).sum(dim=(1, 2))
+            log_probs = torch.log_softmax(logits, dim=-1)  # one row-wise pass: fewer than logsumexp, sub, exp
+            del logits
+            total = total - log_probs.gather(2, target).sum(dim=(1, 2))
             if need_grad:
-                probs = logits.sub_(lse).exp_()  # softmax, in place of the logits
-                probs.scatter_add_(2, target, torch.full_like(lse, -1.0))
+                probs = log_probs.exp_()  # softmax, in place
+                probs.scatter_add_(2, target, torch.full(target.shape, -1.0, dtype=probs.dtype, device=probs.device))
                 probs = probs.to(_product_dtype(h))
                 grad_hidden.append(torch.bmm(probs, weight))                    # (K, c, d)
                 part = torch.bmm(probs.transpose(1, 2), h)                       # (K, V, d)
