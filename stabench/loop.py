@@ -45,7 +45,7 @@ from .checkpoint import set_rng_state
 from .config import ConfigError
 from .contract import Context
 from .data import load_data, val_windows
-from .device import device_name, make_accelerator, resolve_device
+from .device import device_name, keep_host_memory, make_accelerator, resolve_device
 from .ensemble import Ensemble, build_member
 from .methods import MethodStack, param_options
 from .probes import all_probes, families, run_probes
@@ -137,6 +137,8 @@ class EnsembleRun:
         self.config = members[0].config
         self.train_cfg = self.config["train"]
         self.device_kind, self.precision = resolve_device(self.config)
+        if self.device_kind == "cpu":
+            keep_host_memory()
         trackers = self.train_cfg["trackers"]
         self.accelerator = make_accelerator(self.device_kind, self.precision, trackers, members[0].out_dir.parent)
         if trackers:  # one tracker run per ensemble; each run's values under its own label
