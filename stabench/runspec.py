@@ -1,4 +1,4 @@
-"""A run of a benchmark grid: its fully resolved config, its identity, its folder label.
+"""A run of a benchmark grid: its fully resolved config and its identity.
 
 ``resolve_run`` is the one place a run's settings are put together: the benchmark's defaults
 and sections, the size, the exact peak LR and seed, the world size, and everything the
@@ -6,7 +6,7 @@ methods' ``configure`` hooks derive (including values derived from the benchmark
 base width, which they record in their arguments). ``run_identity`` hashes that config; the
 Snakemake rules use it as the train jobs' params (a change retrains exactly the runs it
 changes) and the trainer stores it in checkpoints and metrics (a folder never resumes or
-reports a different run).
+reports a different run). A run's folder and its LR label are defined in ``stabench.paths``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .config import ConfigError, check_run_point, check_slug, method_specs, size_config
+from .config import ConfigError, check_run_point, method_specs, size_config
 from .methods import MethodError, MethodStack, load_stack
 
 # Settings that change where or how often a run is stored, not what it computes; and the
@@ -35,26 +35,6 @@ class ResolvedRun:
     def stack(self) -> MethodStack:
         from .methods import stack_of
         return stack_of(self.config)
-
-
-def lr_label(lr: float) -> str:
-    """The run folder's label of a peak LR: '%g' when that reads back as the same float, else
-    the shortest exact form (repr), so a label always names exactly one LR."""
-    lr = float(lr)
-    short = f"{lr:g}"
-    return short if float(short) == lr else repr(lr)
-
-
-def lr_labels(learning_rates: list[float]) -> dict[str, float]:
-    """label -> exact LR for a benchmark's grid; two LRs with one label are a one-line error."""
-    labels: dict[str, float] = {}
-    for lr in learning_rates:
-        label = check_slug("learning_rates", lr_label(lr))
-        if label in labels:
-            raise ConfigError(f"learning_rates: {labels[label]!r} and {float(lr)!r} are the same run "
-                              f"(folder label lr{label}); list each LR once")
-        labels[label] = float(lr)
-    return labels
 
 
 def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int, world_size: int = 1) -> ResolvedRun:
