@@ -52,3 +52,8 @@ def test_the_workflow_spells_no_run_folder_itself():
         assert not re.search(r"lr\{+lr\}+-s\{+seed\}+", text), f"{path.name} spells the run folder; use stabench.paths"
         assert "/runs/" not in text, f"{path.name} spells runs/; use stabench.paths"
 
+
+def test_the_workflow_validates_the_benchmark_once_through_stabench():
+    text = "\n".join(p.read_text() for p in RULES)
+    assert "snakemake.utils import validate" not in text and "validate(" not in text
+    assert text.count("load_for_use(") == 1

@@ -11,7 +11,6 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
 from stabench import paths
 from stabench.benchmark import load_for_use
@@ -27,15 +26,14 @@ BENCHMARK_ARG = str(config.get("benchmark", "cpu"))
 try:
     SETTINGS = workflow_settings(config)  # --config keys and values
     BENCHMARK_FILE = resolve_benchmark_path(SETTINGS["benchmark"])
-    # stabench's own check first: it names the field and what is allowed in one line.
+    # Validated once, by stabench against benchmarks/schema.yaml (defaults filled): it names the
+    # field and what is allowed in one line.
     BENCHMARK = load_for_use(BENCHMARK_FILE)
     STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}
     # Folder label -> the exact LR of the benchmark file (labels never lose digits).
     LR_OF = lr_labels(BENCHMARK["learning_rates"])
 except (ConfigError, MethodError) as exc:
     raise WorkflowError(str(exc)) from None
-# The same schema through Snakemake's validator (fills defaults the same way).
-validate(BENCHMARK, str(workflow.source_path("../../benchmarks/schema.yaml")))
 
 NAME = BENCHMARK["name"]
 RESULTS = str(results_dir(BENCHMARK))
