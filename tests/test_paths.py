@@ -53,6 +53,15 @@ def test_the_workflow_spells_no_run_folder_itself():
         assert "/runs/" not in text, f"{path.name} spells runs/; use stabench.paths"
 
 
+def test_localrules_are_one_list_naming_every_cheap_rule():
+    lists = [(p.name, m) for p in RULES for m in re.finditer(r"^localrules:\s*((?:\s*\w+,?)+)", p.read_text(), re.M)]
+    assert len(lists) == 1, f"localrules declared in {[name for name, _ in lists]}; keep one list"
+    names = set(re.findall(r"\w+", lists[0][1].group(1)))
+    analysis_rules = set(re.findall(r"^rule (\w+):", (REPO / "workflow" / "rules" / "analysis.smk").read_text(), re.M))
+    assert analysis_rules <= names, f"analysis rules missing from localrules: {sorted(analysis_rules - names)}"
+    assert {"prepare_data", "build_eval_tasks"} <= names
+
+
 def test_the_workflow_validates_the_benchmark_once_through_stabench():
     text = "\n".join(p.read_text() for p in RULES)
     assert "snakemake.utils import validate" not in text and "validate(" not in text
