@@ -1,9 +1,10 @@
 """Benchmark files: load, validate against the JSON schema, apply overrides, resolve one run.
 
 The schema in ``benchmarks/schema.yaml`` is the single source of truth for fields, defaults
-and allowed values: the Snakefile validates with it too, so the CLI and the workflow can
-never disagree about what a benchmark means. Errors are one line that names the file, the
-field and what would be valid, because users edit these files by hand.
+and allowed values (the model's too: ``stabench.model.GPT``'s defaults are tested to equal
+them). The CLI and the workflow both validate through this module, once, so they can never
+disagree about what a benchmark means. Errors are one line that names the file, the field and
+what would be valid, because users edit these files by hand.
 
 What a schema cannot say is checked here too, so nothing wrong reaches a run: numbers must
 be finite (YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats, and NaN passes every
@@ -101,7 +102,7 @@ def check_slug(field: str, value: str) -> str:
 
 
 def _with_defaults(validator_class):
-    """A validator that also fills in the schema's defaults (as snakemake's validate does)."""
+    """A validator that also fills in the schema's defaults."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
