@@ -16,7 +16,6 @@ from stabench import paths
 from stabench.benchmark import load_for_use
 from stabench.config import ConfigError, inside, method_specs, resolve_benchmark_path, slug_pattern, workflow_settings
 from stabench.methods import MethodError, load_stack
-from stabench.paths import lr_labels, results_dir, run_name
 from stabench.resources import pack_pays
 from stabench.runspec import resolve_run
 
@@ -31,12 +30,12 @@ try:
     BENCHMARK = load_for_use(BENCHMARK_FILE)
     STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}
     # Folder label -> the exact LR of the benchmark file (labels never lose digits).
-    LR_OF = lr_labels(BENCHMARK["learning_rates"])
+    LR_OF = paths.lr_labels(BENCHMARK["learning_rates"])
 except (ConfigError, MethodError) as exc:
     raise WorkflowError(str(exc)) from None
 
 NAME = BENCHMARK["name"]
-RESULTS = str(results_dir(BENCHMARK))
+RESULTS = str(paths.results_dir(BENCHMARK))
 PYTHON = sys.executable
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
@@ -94,7 +93,7 @@ def run_dir(method, size, lr, seed):
 
 # The same as wildcard patterns for the rules: a run's folder, and its place under logs/ and benchmarks/.
 RUN_DIR = run_dir("{method}", "{size}", "{lr}", "{seed}")
-RUN_NAME = run_name("{method}", "{size}", "{lr}", "{seed}")
+RUN_NAME = paths.run_name("{method}", "{size}", "{lr}", "{seed}")
 
 
 def run_files(method, size, seed, name):
@@ -118,11 +117,11 @@ def job_times():
     """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
     packs = [f"{RESULTS}/benchmarks/train/{m}/{s}/{PACK_JOB.format(seed=seed)}.tsv"
              for m in METHODS for s in PACKED_SIZES for seed in (SEEDS[:1] if PACK == "all" else SEEDS)]
-    single = [f"{RESULTS}/benchmarks/train/{run_name(m, s, lr, seed)}.tsv"
+    single = [f"{RESULTS}/benchmarks/train/{paths.run_name(m, s, lr, seed)}.tsv"
               for m in METHODS for s in SINGLE_SIZES for lr in LRS for seed in SEEDS]
     train = packs + single
     evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
-             "all": [f"{RESULTS}/benchmarks/eval/{run_name(m, s, lr, seed)}.tsv"
+             "all": [f"{RESULTS}/benchmarks/eval/{paths.run_name(m, s, lr, seed)}.tsv"
                      for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],
              "none": []}[BENCHMARK["eval"]["runs"]]
     return train + evals
