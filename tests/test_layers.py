@@ -58,6 +58,8 @@ def modules(package: Path) -> dict[str, Path]:
     out = {}
     for path in sorted(package.rglob("*.py")):
         parts = list(path.relative_to(package).with_suffix("").parts)
+        if parts[0] == "shipped":  # the benchmarks and methods the package ships: data, not stabench modules
+            continue
         if parts[-1] == "__init__" and len(parts) > 1:
             parts = parts[:-1]
         out[".".join(parts)] = path
