@@ -294,7 +294,9 @@ def apply_overrides(benchmark: dict, overrides: list[str]) -> dict:
 
 
 def load_benchmark(name_or_path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read, override and validate a benchmark file."""
+    """Read, override and validate a benchmark file: what it says by itself. To use it (train,
+    evaluate, run the workflow), load it with ``stabench.benchmark.load_for_use``, which also
+    runs the checks of the layers above this one."""
     path = resolve_benchmark_path(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
