@@ -3,7 +3,7 @@
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line; usage
 errors too. Every command goes offline unless its benchmark needs the hub
-(``stabench.offline``), and dies with the workflow that started it (``stabench.lifeline``).
+(``stabench.benchmark.network_for``), and dies with the workflow that started it (``stabench.lifeline``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from . import lifeline, offline
-from .config import ConfigError, load_benchmark, method_specs, results_dir, size_config
+from . import lifeline, paths
+from .benchmark import load_for_use, network_for
+from .config import ConfigError, method_specs, size_config
 from .data import DataError, prepare_data
 from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
@@ -34,16 +35,16 @@ USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
 
 
 def default_data_dir(benchmark: dict) -> Path:
-    return results_dir(benchmark) / "data"
+    return paths.data_dir(paths.results_dir(benchmark))
 
 
 def load(args) -> dict:
     """The command's validated benchmark (with --set) and its methods (a bad one fails here, as
     in the workflow), and offline mode unless it needs the hub."""
-    benchmark = load_benchmark(args.benchmark, args.set)
+    benchmark = load_for_use(args.benchmark, args.set)
     for spec in method_specs(benchmark).values():
         load_stack(spec["use"], spec["args"])
-    offline.network_for(benchmark)
+    network_for(benchmark)
     return benchmark
 
 
@@ -152,7 +153,7 @@ def cmd_train_pack(args) -> int:
 
 def cmd_methods(args) -> int:
     if args.benchmark:
-        benchmark = load_benchmark(args.benchmark)
+        benchmark = load_for_use(args.benchmark)
         for label, spec in method_specs(benchmark).items():
             stack = load_stack(spec["use"], spec["args"])
             print(f"{label:32s} {' + '.join(f'{m.name} v{m.version}' for m in stack.methods)}")
@@ -185,7 +186,7 @@ def cmd_build_tasks(args) -> int:
 
     benchmark = load(args)
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
-    out = args.out or results_dir(benchmark) / "eval_tasks"
+    out = args.out or paths.tasks_dir(paths.results_dir(benchmark))
     manifest = build_tasks(data_dir, out, n_examples=benchmark["eval"]["n_examples"], seed=benchmark["eval"]["seed"])
     counts = ", ".join(f"{t}: {v['examples']} examples" for t, v in manifest["tasks"].items())
     print(f"eval tasks from {manifest['val_docs']} held-out documents -> {out} ({counts})")
@@ -212,7 +213,7 @@ def evaluate(args) -> int:
     benchmark = load(args)
     cfg = benchmark["eval"]
     data_dir = args.data or default_data_dir(benchmark)
-    tasks_dir = args.tasks_dir or results_dir(benchmark) / "eval_tasks"
+    tasks_dir = args.tasks_dir or paths.tasks_dir(paths.results_dir(benchmark))
     if not args.best and len(args.runs) != 1:
         raise ConfigError(f"stabench eval: give one --runs folder, or several with --best (got {len(args.runs)})")
     tasks = args.tasks.split(",") if args.tasks else cfg["tasks"]

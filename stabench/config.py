@@ -1,9 +1,10 @@
 """Benchmark files: load, validate against the JSON schema, apply overrides, resolve one run.
 
 The schema in ``benchmarks/schema.yaml`` is the single source of truth for fields, defaults
-and allowed values: the Snakefile validates with it too, so the CLI and the workflow can
-never disagree about what a benchmark means. Errors are one line that names the file, the
-field and what would be valid, because users edit these files by hand.
+and allowed values (the model's too: ``stabench.model.GPT``'s defaults are tested to equal
+them). The CLI and the workflow both validate through this module, once, so they can never
+disagree about what a benchmark means. Errors are one line that names the file, the field and
+what would be valid, because users edit these files by hand.
 
 What a schema cannot say is checked here too, so nothing wrong reaches a run: numbers must
 be finite (YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats, and NaN passes every
@@ -11,6 +12,11 @@ be finite (YAML reads ``.nan``, ``.inf`` and ``1e400`` as floats, and NaN passes
 a mapping (YAML keeps the last silently), and the fields must agree with each other
 (``check_consistent``). Names that become folders are slugs (``$defs.slug`` of the schema),
 so a benchmark can never write outside ``results/<name>/``.
+
+This module is a leaf: it imports nothing of stabench. What only a higher layer knows (the
+offline task names, what a tokenizer value means, the run folders' LR labels) is checked by
+that layer; ``stabench.benchmark.load_for_use`` runs those checks too where a benchmark is
+loaded to be used.
 """
 
 from __future__ import annotations
@@ -34,7 +40,6 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "shipped"
 SCHEMA_PATH = SHIPPED_DIR / "benchmarks" / "schema.yaml"
 BENCHMARKS_DIR = SCHEMA_PATH.parent
 SIZE_PLACEMENT_KEYS = ("gpus", "runtime_min", "mem_mb")
-RESULTS_ROOT = Path("results")  # relative to the folder the workflow or the CLI runs in
 
 
 class ConfigError(ValueError):
@@ -97,7 +102,7 @@ def check_slug(field: str, value: str) -> str:
 
 
 def _with_defaults(validator_class):
-    """A validator that also fills in the schema's defaults (as snakemake's validate does)."""
+    """A validator that also fills in the schema's defaults."""
     validate_properties = validator_class.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, schema):
@@ -162,34 +167,23 @@ def _non_finite(node, path=()) -> tuple | None:
 
 
 def check_consistent(benchmark: dict) -> None:
-    """What the schema cannot express: fields that must agree with each other."""
+    """What the schema cannot express: fields that must agree with each other (those this
+    module can check; see ``stabench.benchmark.check_for_use`` for the rest)."""
     train = benchmark["train"]
     if train["warmup_steps"] > train["steps"]:
         raise ConfigError(f"train.warmup_steps: got {train['warmup_steps']}; allowed: at most train.steps "
                           f"({train['steps']})")
     for lr in benchmark["learning_rates"]:
         check_run_point(benchmark, lr, 0, field="learning_rates")
-    from .runspec import lr_labels  # two LRs that would share a run folder (0.001 and 1.0e-3)
-    lr_labels(benchmark["learning_rates"])
     seeds = benchmark["seeds"]
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds: got {seeds}; allowed: each seed once (each is one run folder)")
     for size in benchmark["sizes"]:
         size_config(benchmark, size)
-    from .evaluation.tasks import LOCAL_NAMES  # a typo in an offline task would be looked for on the hub
-    for field in ("tasks", "init_tasks"):
-        for task in benchmark["eval"][field]:
-            if task.startswith("stabench") and task not in LOCAL_NAMES:
-                close = difflib.get_close_matches(task, LOCAL_NAMES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ConfigError(f"eval.{field}: got {task!r}{hint}; the offline tasks are "
-                                  f"{', '.join(LOCAL_NAMES)}")
     labels = method_specs(benchmark)
     if benchmark.get("reference") is not None and benchmark["reference"] not in labels:
         raise ConfigError(f"reference: got {benchmark['reference']!r}; allowed: one of the benchmark's methods "
                           f"({', '.join(labels)})")
-    from .data.tokenizer import check_tokenizer_value  # the data layer owns what a tokenizer value means
-    check_tokenizer_value(benchmark["data"]["tokenizer"])
 
 
 def check_run_point(benchmark: dict, lr, seed, field: str = "lr") -> None:
@@ -216,14 +210,9 @@ def validate(benchmark: dict, source: str = "benchmark") -> dict:
         raise ConfigError(f"{source}: {_field_name(err.absolute_path)}: {message}")
     try:
         check_consistent(benchmark)
-    except ValueError as exc:  # ConfigError, or the data layer's DataError
+    except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return benchmark
-
-
-def results_dir(benchmark: dict) -> Path:
-    """``results/<name>``: everything the workflow writes for a benchmark lies under it."""
-    return RESULTS_ROOT / check_slug("name", benchmark["name"])
 
 
 def inside(path: str | Path, root: str | Path) -> Path:
@@ -305,7 +294,9 @@ def apply_overrides(benchmark: dict, overrides: list[str]) -> dict:
 
 
 def load_benchmark(name_or_path: str | Path, overrides: list[str] | None = None) -> dict:
-    """Read, override and validate a benchmark file."""
+    """Read, override and validate a benchmark file: what it says by itself. To use it (train,
+    evaluate, run the workflow), load it with ``stabench.benchmark.load_for_use``, which also
+    runs the checks of the layers above this one."""
     path = resolve_benchmark_path(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -187,11 +187,16 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token ids (K or 1, B, T) -> next-token logits (K, B, T, vocab) for K members."""
+    """Token ids (K or 1, B, T) -> next-token logits (K, B, T, vocab) for K members.
+
+    The keyword arguments are a run's ``config["model"]`` (``stabench.runspec.MODEL_KEYS``, built
+    and checked there) plus ``members``; an unknown one is a TypeError. The defaults of
+    ``mlp_ratio``, ``ln_eps`` and ``positions`` are the schema's (``benchmarks/schema.yaml``,
+    the one source; a test asserts they agree), for models built outside a benchmark.
+    """
 
     def __init__(self, *, vocab_size: int, seq_len: int, d_model: int, n_layers: int, n_heads: int,
-                 mlp_ratio: int = 4, ln_eps: float = 1e-6, positions: str = "learned", members: int = 1,
-                 **_ignored):
+                 mlp_ratio: int = 4, ln_eps: float = 1e-6, positions: str = "learned", members: int = 1):
         super().__init__()
         if positions != "learned":
             raise ValueError(f"model.positions {positions!r}: only 'learned' is implemented")

@@ -1,4 +1,4 @@
-"""A run of a benchmark grid: its fully resolved config, its identity, its folder label.
+"""A run of a benchmark grid: its fully resolved config and its identity.
 
 ``resolve_run`` is the one place a run's settings are put together: the benchmark's defaults
 and sections, the size, the exact peak LR and seed, the world size, and everything the
@@ -6,22 +6,41 @@ methods' ``configure`` hooks derive (including values derived from the benchmark
 base width, which they record in their arguments). ``run_identity`` hashes that config; the
 Snakemake rules use it as the train jobs' params (a change retrains exactly the runs it
 changes) and the trainer stores it in checkpoints and metrics (a folder never resumes or
-reports a different run).
+reports a different run). A run's folder and its LR label are defined in ``stabench.paths``.
+
+The model settings are the schema's ``model`` section (defaults filled), the size's shape, the
+sequence length and the vocabulary: exactly the keyword arguments of ``stabench.model.GPT``
+(``MODEL_KEYS``). A key that is not one, from the benchmark or from a method's ``configure``
+hook, is a one-line ConfigError here, before any model is built.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 
-from .config import ConfigError, check_run_point, check_slug, method_specs, size_config
+from .config import ConfigError, check_run_point, method_specs, size_config
 from .methods import MethodError, MethodStack, load_stack
+from .model import GPT
 
 # Settings that change where or how often a run is stored, not what it computes; and the
 # names under which it is stored (the same run may be stored under another label).
 NOT_IDENTITY = {"benchmark", "method", "train.checkpoint_every", "train.device", "train.trackers"}
+
+# A run's config["model"]: GPT's keyword arguments but the ensemble's member count (Ensemble's).
+MODEL_KEYS = tuple(sorted(name for name in inspect.signature(GPT).parameters if name != "members"))
+
+
+def check_model_keys(model: dict, where: str = "model") -> dict:
+    """``model`` if every key is a GPT argument (``MODEL_KEYS``), else a one-line ConfigError
+    naming the first unknown key and the valid ones."""
+    unknown = [key for key in model if key not in MODEL_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown model key {unknown[0]!r}; valid: {', '.join(MODEL_KEYS)}")
+    return model
 
 
 @dataclass(frozen=True)
@@ -35,26 +54,6 @@ class ResolvedRun:
     def stack(self) -> MethodStack:
         from .methods import stack_of
         return stack_of(self.config)
-
-
-def lr_label(lr: float) -> str:
-    """The run folder's label of a peak LR: '%g' when that reads back as the same float, else
-    the shortest exact form (repr), so a label always names exactly one LR."""
-    lr = float(lr)
-    short = f"{lr:g}"
-    return short if float(short) == lr else repr(lr)
-
-
-def lr_labels(learning_rates: list[float]) -> dict[str, float]:
-    """label -> exact LR for a benchmark's grid; two LRs with one label are a one-line error."""
-    labels: dict[str, float] = {}
-    for lr in learning_rates:
-        label = check_slug("learning_rates", lr_label(lr))
-        if label in labels:
-            raise ConfigError(f"learning_rates: {labels[label]!r} and {float(lr)!r} are the same run "
-                              f"(folder label lr{label}); list each LR once")
-        labels[label] = float(lr)
-    return labels
 
 
 def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int, world_size: int = 1) -> ResolvedRun:
@@ -76,8 +75,8 @@ def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int
         "lr": float(lr),
         "seed": int(seed),
         "data": copy.deepcopy(benchmark["data"]),
-        "model": {**benchmark["model"], **size_config(benchmark, size), "seq_len": train["seq_len"],
-                  "vocab_size": benchmark["data"]["vocab_size"]},
+        "model": check_model_keys({**benchmark["model"], **size_config(benchmark, size), "seq_len": train["seq_len"],
+                                   "vocab_size": benchmark["data"]["vocab_size"]}),
         "train": train,
         "optimizer": copy.deepcopy(benchmark["optimizer"]),
         "probes": copy.deepcopy(benchmark["probes"]),
@@ -94,6 +93,7 @@ def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int
             except (ValueError, TypeError, KeyError) as exc:  # a method's own check of its arguments
                 raise MethodError(f"method {method_.name!r}: {type(exc).__name__}: {exc} "
                                   f"(arguments {method_.args})") from None
+        check_model_keys(config["model"], where=f"method {method_.name!r} (configure)")
     del config["benchmark_sizes"]
     config["methods"] = copy.deepcopy(stack.describe())
     l0 = benchmark.get("analysis", {}).get("l0")

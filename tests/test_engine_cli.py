@@ -14,7 +14,8 @@ import yaml
 import stabench.cli as cli
 from stabench.config import ConfigError, load_benchmark
 from stabench.methods import known_methods
-from stabench.runspec import lr_labels, resolve_run
+from stabench.paths import lr_labels
+from stabench.runspec import resolve_run
 
 
 def run_config(benchmark: dict, **kw) -> dict:

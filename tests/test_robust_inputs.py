@@ -20,7 +20,7 @@ import yaml
 from stabench.cli import main
 from stabench.config import ConfigError, inside, load_benchmark, workflow_settings
 from stabench.data import DataError, prepare_data
-from stabench.runspec import lr_labels
+from stabench.paths import lr_labels
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())

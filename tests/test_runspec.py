@@ -10,7 +10,8 @@ import pytest
 
 from stabench.config import ConfigError, validate
 from stabench.methods import MethodError, base_width, known_methods, load_module
-from stabench.runspec import NOT_IDENTITY, lr_label, lr_labels, resolve_run, run_identity
+from stabench.paths import lr_label, lr_labels
+from stabench.runspec import NOT_IDENTITY, resolve_run, run_identity
 
 from conftest import resolve
 

@@ -47,6 +47,8 @@ from lm_eval.models.utils import Collator
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm.auto import tqdm
 
+from .. import paths
+
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 16
@@ -70,8 +72,8 @@ def resolve_device(device: str | None) -> str:
 
 def default_data_dir(run_dir: Path) -> Path:
     """results/<bench>/runs/<method>/<size>/<lr-seed> -> results/<bench>/data (the workflow's layout)."""
-    parents = run_dir.resolve().parents
-    candidate = parents[3] / "data" if len(parents) > 3 else None
+    results = paths.results_of_run(run_dir)
+    candidate = paths.data_dir(results) if results is not None else None
     if candidate is None or not (candidate / "manifest.json").is_file():
         raise ValueError(f"stabench model: no data folder found for run {str(run_dir)!r} "
                          "(expected results/<bench>/data); pass data_dir=<prepared data folder>")

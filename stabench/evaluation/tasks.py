@@ -26,6 +26,7 @@ are eligible; fewer when the held-out split is small).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import ConfigError
 from ..io import write_text
 from .templates import TEMPLATES
 
@@ -40,6 +42,18 @@ CLOZE, CONTINUATION = "stabench_cloze", "stabench_continuation"
 OFFLINE_TASKS = (CLOZE, CONTINUATION)
 LOCAL_NAMES = (*OFFLINE_TASKS, "stabench")  # the task YAMLs' tag "stabench" names both
 MANIFEST = "manifest.json"
+
+
+def check_task_names(eval_settings: dict) -> None:
+    """A name that starts like an offline task must be one: a typo would be looked for on the
+    hub. ``eval_settings`` is a benchmark's ``eval`` section; a ConfigError names the field."""
+    for field in ("tasks", "init_tasks"):
+        for task in eval_settings[field]:
+            if task.startswith("stabench") and task not in LOCAL_NAMES:
+                close = difflib.get_close_matches(task, LOCAL_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"eval.{field}: got {task!r}{hint}; the offline tasks are "
+                                  f"{', '.join(LOCAL_NAMES)}")
 BUILDER_VERSION = "2"
 
 CLOZE_MAX_WORDS = 60

@@ -16,10 +16,6 @@ except ClaimError as exc:
 ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.suffix in (".py", ".j2", ".css"))
 CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
 
-# Seconds to a minute of pandas and matplotlib: never worth a cluster job.
-localrules: describe, aggregate, score, claims, figures, report
-
-
 rule describe:
     """Method docstrings, provenance (versions, git commit, date) and the resolved benchmark
     (defaults filled, analysis settings included); reruns when any run changes."""

@@ -11,13 +11,13 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
-from snakemake.utils import validate
 
-from stabench.config import (ConfigError, inside, load_benchmark, method_specs, resolve_benchmark_path, results_dir,
-                             slug_pattern, workflow_settings)
+from stabench import paths
+from stabench.benchmark import load_for_use
+from stabench.config import ConfigError, inside, method_specs, resolve_benchmark_path, slug_pattern, workflow_settings
 from stabench.methods import MethodError, load_stack
 from stabench.resources import pack_pays
-from stabench.runspec import lr_labels, resolve_run
+from stabench.runspec import resolve_run
 
 # The jobs read the benchmark as the user named it (a param, not an input file): editing the file
 # in place (adding a method) retrains exactly the runs whose identity (their own param) changes.
@@ -25,18 +25,17 @@ BENCHMARK_ARG = str(config.get("benchmark", "cpu"))
 try:
     SETTINGS = workflow_settings(config)  # --config keys and values
     BENCHMARK_FILE = resolve_benchmark_path(SETTINGS["benchmark"])
-    # stabench's own check first: it names the field and what is allowed in one line.
-    BENCHMARK = load_benchmark(BENCHMARK_FILE)
+    # Validated once, by stabench against benchmarks/schema.yaml (defaults filled): it names the
+    # field and what is allowed in one line.
+    BENCHMARK = load_for_use(BENCHMARK_FILE)
     STACKS = {label: load_stack(spec["use"], spec["args"]) for label, spec in method_specs(BENCHMARK).items()}
     # Folder label -> the exact LR of the benchmark file (labels never lose digits).
-    LR_OF = lr_labels(BENCHMARK["learning_rates"])
+    LR_OF = paths.lr_labels(BENCHMARK["learning_rates"])
 except (ConfigError, MethodError) as exc:
     raise WorkflowError(str(exc)) from None
-# The same schema through Snakemake's validator (fills defaults the same way).
-validate(BENCHMARK, str(workflow.source_path("../../benchmarks/schema.yaml")))
 
 NAME = BENCHMARK["name"]
-RESULTS = str(results_dir(BENCHMARK))
+RESULTS = str(paths.results_dir(BENCHMARK))
 PYTHON = sys.executable
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
@@ -84,11 +83,17 @@ wildcard_constraints:
 
 
 ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
-DATA_DIR = f"{RESULTS}/data"
+DATA_DIR = str(paths.data_dir(RESULTS))
 
 
 def run_dir(method, size, lr, seed):
-    return str(inside(f"{RESULTS}/runs/{method}/{size}/lr{lr}-s{seed}", RESULTS))
+    """A run's folder (stabench.paths.run_dir); wildcards such as '{lr}' pass through."""
+    return str(inside(paths.run_dir(RESULTS, method, size, lr, seed), RESULTS))
+
+
+# The same as wildcard patterns for the rules: a run's folder, and its place under logs/ and benchmarks/.
+RUN_DIR = run_dir("{method}", "{size}", "{lr}", "{seed}")
+RUN_NAME = paths.run_name("{method}", "{size}", "{lr}", "{seed}")
 
 
 def run_files(method, size, seed, name):
@@ -112,11 +117,11 @@ def job_times():
     """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
     packs = [f"{RESULTS}/benchmarks/train/{m}/{s}/{PACK_JOB.format(seed=seed)}.tsv"
              for m in METHODS for s in PACKED_SIZES for seed in (SEEDS[:1] if PACK == "all" else SEEDS)]
-    single = [f"{RESULTS}/benchmarks/train/{m}/{s}/lr{lr}-s{seed}.tsv"
+    single = [f"{RESULTS}/benchmarks/train/{paths.run_name(m, s, lr, seed)}.tsv"
               for m in METHODS for s in SINGLE_SIZES for lr in LRS for seed in SEEDS]
     train = packs + single
     evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
-             "all": [f"{RESULTS}/benchmarks/eval/{m}/{s}/lr{lr}-s{seed}.tsv"
+             "all": [f"{RESULTS}/benchmarks/eval/{paths.run_name(m, s, lr, seed)}.tsv"
                      for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],
              "none": []}[BENCHMARK["eval"]["runs"]]
     return train + evals

@@ -10,7 +10,7 @@ from stabench.evaluation.tasks import BUILDER_VERSION
 
 EVAL = BENCHMARK["eval"]
 EVAL_PARAMS = json.dumps(EVAL, sort_keys=True)  # a change re-evaluates, it never retrains
-EVAL_TASKS_DIR = f"{RESULTS}/eval_tasks"
+EVAL_TASKS_DIR = str(paths.tasks_dir(RESULTS))
 
 if EVAL["runs"] == "best":
     EVALS = [f"{RESULTS}/eval/{m}/{s}.json" for m in METHODS for s in SIZES]
@@ -79,9 +79,9 @@ rule eval_run:
     input:
         tasks=rules.build_eval_tasks.output.manifest,
         data=rules.prepare_data.output.manifest,
-        metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
+        metrics=f"{RUN_DIR}/metrics.json",
     output:
-        f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/eval.json",
+        f"{RUN_DIR}/eval.json",
     params:
         python=PYTHON,
         benchmark=BENCHMARK_ARG,
@@ -99,9 +99,9 @@ rule eval_run:
     conda:
         ENV
     benchmark:
-        f"{RESULTS}/benchmarks/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.tsv"
+        f"{RESULTS}/benchmarks/eval/{RUN_NAME}.tsv"
     log:
-        f"{RESULTS}/logs/eval/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
+        f"{RESULTS}/logs/eval/{RUN_NAME}.log",
     shell:
         "{params.python} -m stabench eval {params.benchmark} --runs {params.run} --data {params.data}"
         " --tasks-dir {params.tasks_dir} --out {output} --threads {threads} {params.gpu} --no-progress > {log} 2>&1"

@@ -2,7 +2,8 @@
 
 - Jobs die with this process (stabench/lifeline.py): kill -9 of Snakemake leaves no training
   running alone; the run lock (stabench/runlock.py) stops any that would race a resumed job.
-- No network unless the benchmark needs the hub (stabench/offline.py); jobs inherit it.
+- No network unless the benchmark needs the hub (stabench/benchmark.py, stabench/offline.py); jobs
+  inherit it.
 - A lock left in .snakemake/locks by a killed Snakemake is removed when no other Snakemake
   runs in this folder; damaged result files are removed, and the analysis outputs when a run
   file is missing, each said (stabench/repair.py), so their jobs rebuild them. The profile's
@@ -10,7 +11,8 @@
 Included last: it needs every rule's outputs.
 """
 
-from stabench import lifeline, offline, repair
+from stabench import lifeline, repair
+from stabench.benchmark import network_for
 
 
 def _say(line):
@@ -18,7 +20,7 @@ def _say(line):
 
 
 lifeline.mark_workflow()
-_NEEDS_HUB = offline.network_for(BENCHMARK)
+_NEEDS_HUB = network_for(BENCHMARK)
 if _NEEDS_HUB:
     _say(f"online for {', '.join(_NEEDS_HUB)}")
 
@@ -35,5 +37,5 @@ if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, 
         _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
                      for f in r.output] + [f"{RESULTS}/runs.csv.json"]  # runs.csv's record (analysis/tables.py)
         for _line in repair.repair(_SLOTS, EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest],
-                                   f"{RESULTS}/data", dryrun=_DRYRUN, data_cfg=BENCHMARK["data"]):
+                                   DATA_DIR, dryrun=_DRYRUN, data_cfg=BENCHMARK["data"]):
             _say(_line)

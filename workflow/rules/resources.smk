@@ -12,15 +12,17 @@ GPU per evaluation, taken from the same lock pool as training on a local GPU box
 
 from stabench import resources as job_resources
 
-# Cheap rules run where Snakemake runs (a cluster's login node): prepare_data may stream the
-# corpus from the hub, which compute nodes often cannot reach; the others read a few files.
+# The one list of rules that run where Snakemake runs (a cluster's login node): prepare_data may
+# stream the corpus from the hub, which compute nodes often cannot reach; the others read a few
+# files (the analysis rules: seconds to a minute of pandas and matplotlib, never worth a job).
 localrules:
     prepare_data,
     build_eval_tasks,
+    describe,
     aggregate,
     score,
+    claims,
     figures,
-    describe,
     report,
 
 

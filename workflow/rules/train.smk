@@ -16,9 +16,9 @@ if SINGLE_SIZES:
         input:
             manifest=rules.prepare_data.output.manifest,
         output:
-            metrics=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/metrics.json",
-            history=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/history.csv",
-            losses=f"{RESULTS}/runs/{{method}}/{{size}}/lr{{lr}}-s{{seed}}/losses.csv",
+            metrics=f"{RUN_DIR}/metrics.json",
+            history=f"{RUN_DIR}/history.csv",
+            losses=f"{RUN_DIR}/losses.csv",
         params:
             python=PYTHON,
             benchmark=BENCHMARK_ARG,
@@ -36,9 +36,9 @@ if SINGLE_SIZES:
         conda:
             ENV
         benchmark:
-            f"{RESULTS}/benchmarks/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.tsv"
+            f"{RESULTS}/benchmarks/train/{RUN_NAME}.tsv"
         log:
-            f"{RESULTS}/logs/train/{{method}}/{{size}}/lr{{lr}}-s{{seed}}.log",
+            f"{RESULTS}/logs/train/{RUN_NAME}.log",
         shell:
             "{params.python} -m stabench train {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
             " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {params.data}"
