@@ -38,8 +38,8 @@ LAYERS = {
     "contract": 4, "methods": 4, "schedule": 4, "probes": 4, "curvature": 4, "runspec": 4,
     # K members as one model, the update rule, a finished run read back
     "ensemble": 5, "update": 5, "runs": 5,
-    # the loop's parts
-    "batches": 6, "recorder": 6, "runlock": 6,
+    # the loop's parts: the step (hot path), validation, batches, the device, the record
+    "batches": 6, "recorder": 6, "runlock": 6, "step": 6, "validation": 6, "device": 6,
     # the training loop, and the repair of what it left
     "loop": 7, "repair": 7,
     # zero-shot evaluation

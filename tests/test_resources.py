@@ -50,3 +50,18 @@ def test_size_fields_override_the_estimate(wortsman):
     assert resources.train_runtime_min(bench, "d256", gpus=1, members=7) == 630
     assert resources.train_mem_mb(bench, "d256", gpus=1) == 4321
     assert resources.train_runtime_min(bench, "d384", gpus=1) == resources.train_runtime_min(wortsman, "d384", gpus=1)
+
+
+def test_packs_pay_on_a_cpu_always_and_on_a_gpu_for_small_steps():
+    """--config pack=auto: every size packs on a CPU; on a GPU the sizes whose member step is at
+    most PACK_MAX_STEP_FLOPS_GPU (the measured d128-d512 proxies pack, the wortsman ladder does not)."""
+    from stabench import resources
+    from stabench.config import load_benchmark
+    proxies, wortsman = load_benchmark("proxies"), load_benchmark("wortsman")
+    assert all(resources.pack_pays(proxies, s, gpus=0) for s in proxies["sizes"])
+    assert all(resources.pack_pays(proxies, s, gpus=1) for s in proxies["sizes"])
+    assert not any(resources.pack_pays(wortsman, s, gpus=1) for s in wortsman["sizes"])
+    assert all(resources.pack_pays(wortsman, s, gpus=0) for s in wortsman["sizes"])
+    d = proxies["sizes"]["d128"]["d_model"]
+    assert resources.step_flops(proxies, "d128") == pytest.approx(
+        32 * 256 * resources.flops_per_token({"d_model": d, "n_layers": 2}, 8192, 256))

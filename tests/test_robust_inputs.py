@@ -269,7 +269,8 @@ def test_workflow_config_is_checked(config, words):
 
 
 def test_workflow_config_defaults_and_values():
-    assert workflow_settings({}) == {"benchmark": "cpu", "train_threads": 1, "gpus": 0, "runs_per_gpu": 1, "pack": 1}
+    assert workflow_settings({}) == {"benchmark": "cpu", "train_threads": 1, "gpus": 0, "runs_per_gpu": 1,
+                                     "pack": "auto"}
     assert workflow_settings({"pack": False, "train_threads": 2})["pack"] == 0
 
 

@@ -88,8 +88,13 @@ def test_wortsman_dry_run_sizes_jobs_to_fit(tmp_path):
     assert all(j["resources"]["gpu"] == "1" for j in evals)
     eval_mem = {s: int(v) for s, v in per_size(jobs, "evaluate", "mem_mb").items()}
     assert eval_mem[sizes[-1]] > 4 * eval_mem[sizes[0]]  # a 1.6 B model's checkpoint vs a 3 M one's
-    # the default, one job per (method, size): it asks for all its runs' time
-    packs = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1")
+    # the default (pack=auto) on a GPU: these sizes' steps are too large for a pack to pay
+    # (stabench.resources.pack_pays), so one job per run, as with pack=0
+    auto = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1")
+    assert not [j for j in auto if j["rule"] == "train_pack"]
+    assert {s: int(v) for s, v in per_size(auto, "train", "runtime").items()} == runtime
+    # pack=1, one job per seed's LR sweep of a (method, size): it asks for all its runs' time
+    packs = dry_run_jobs(tmp_path, "benchmark=wortsman", "gpus=1", "pack=1")
     pack_runtime = {s: int(v) for s, v in per_size(packs, "train_pack", "runtime").items()}
     assert set(pack_runtime) == set(sizes) and all(pack_runtime[s] > runtime[s] for s in sizes)
 
