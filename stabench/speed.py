@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import math
 import tempfile
 from contextlib import nullcontext
 from pathlib import Path
