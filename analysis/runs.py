@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from stabench import selection
+from stabench.paths import SPEC_NAME
 
 RUN_COLUMNS = [
     "method", "uses", "size", "lr", "seed",
@@ -134,13 +135,31 @@ def run_row(metrics: dict, run_dir: Path | str) -> dict:
     }
 
 
+def same_run(metrics: dict, run_dir: Path) -> dict:
+    """``metrics`` if it is the result of the run its folder is for (the folder's run.json, which
+    the workflow writes), else a ValueError naming both: a result trained there by hand with
+    ``stabench train --force`` never enters the tables without a word."""
+    spec_path = Path(run_dir) / SPEC_NAME
+    if not spec_path.is_file():
+        return metrics  # a folder trained before run specs existed
+    try:
+        wanted = json.loads(spec_path.read_text(encoding="utf-8"))["identity"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ValueError(f"{spec_path}: damaged; delete it and rerun the workflow, which writes it again") from None
+    if metrics.get("identity") != wanted:
+        raise ValueError(f"{run_dir}: metrics.json holds run {metrics.get('identity')}, but the folder is the "
+                         f"workflow's run {wanted} ({SPEC_NAME}); delete {Path(run_dir) / 'metrics.json'} "
+                         "to have the workflow train its own run there again")
+    return metrics
+
+
 def collect_runs(metric_paths: Iterable[Path | str]) -> pd.DataFrame:
     """One row per run (columns RUN_COLUMNS; l0 and effective_loss NaN until
     with_effective_loss), sorted by method, size, lr, seed.
 
     run_dir is the folder holding each metrics.json, where load_history finds the history.
     """
-    rows = [run_row(read_metrics(p), Path(p).parent) for p in metric_paths]
+    rows = [run_row(same_run(read_metrics(p), Path(p).parent), Path(p).parent) for p in metric_paths]
     df = pd.DataFrame(rows, columns=RUN_COLUMNS)
     if df.empty:
         return df

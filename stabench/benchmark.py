@@ -49,13 +49,28 @@ def hub_needs(benchmark: dict) -> list[str]:
     """What in ``benchmark`` needs the hub (empty: the benchmark runs offline): an ``hf:``
     dataset that is no local folder, a hub tokenizer, or an lm-eval task that is not one of the
     offline ones (``stabench.evaluation.runner.hub_offline`` then decides)."""
-    data, needs = benchmark["data"], []
+    needs = data_hub_needs(benchmark["data"])
+    if benchmark["eval"]["runs"] != "none":
+        needs += [f"eval task {t!r}" for t in benchmark["eval"]["tasks"] if t not in LOCAL_NAMES]
+    return needs
+
+
+def data_hub_needs(data: dict) -> list[str]:
+    """What in a data section needs the hub: an ``hf:`` dataset that is no local folder, or a
+    hub tokenizer."""
+    needs = []
     if data["source"].startswith("hf:") and not Path(data["source"][3:].partition(":")[0]).exists():
         needs.append(f"data.source {data['source']!r}")
     if data["tokenizer"] != "bpe" and not looks_like_path(data["tokenizer"]):
         needs.append(f"data.tokenizer {data['tokenizer']!r}")
-    if benchmark["eval"]["runs"] != "none":
-        needs += [f"eval task {t!r}" for t in benchmark["eval"]["tasks"] if t not in LOCAL_NAMES]
+    return needs
+
+
+def network_for_data(data: dict) -> list[str]:
+    """Go offline unless the data needs the hub (a run's training); return what needs it."""
+    needs = data_hub_needs(data)
+    if not needs:
+        offline.go_offline()
     return needs
 
 

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from . import lifeline, paths
-from .benchmark import load_for_use, network_for
+from .benchmark import load_for_use, network_for, network_for_data
 from .config import ConfigError, method_specs, size_config
 from .data import DataError, prepare_data
 from .data.prepare import check_prepared_for
@@ -28,7 +28,7 @@ from .io import write_json, write_text
 from .loop import DataMismatchError, check_own_folders, check_same_ensemble, train
 from .methods import MethodError, exc_text, hook_failure, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
-from .runspec import resolve_run
+from .runspec import RunSpec, read_spec, read_spec_file, resolve_run, spec_difference, write_spec
 from .speed import run_speed, shape_sizes
 
 USER_ERRORS = (ConfigError, MethodError, DataError, DataMismatchError)
@@ -112,15 +112,65 @@ def report(metrics: dict, out: Path) -> str:
             f"{metrics['tokens_per_second']:.0f} tok/s, {metrics['wall_seconds']:.1f} s -> {out}")
 
 
+def claim_folder(folder: Path, run: RunSpec, force: bool) -> None:
+    """Make ``folder``'s run.json name ``run`` before anything is trained there. A folder the
+    workflow owns that is for another run is refused (one line naming both) unless ``force``:
+    then its run.json stays the workflow's, which notices the foreign result (analysis) and
+    retrains the run when its job runs again. A folder of earlier hand-run trainings follows
+    the new run, as the recorder retrains a changed run."""
+    try:
+        found = read_spec(folder)
+    except ConfigError:
+        found = None  # a damaged run.json protects nothing: it is written again
+    if found is not None:
+        theirs, owner = found
+        if theirs.identity != run.identity and owner == "workflow":
+            if not force:
+                raise ConfigError(f"{folder} is the workflow's folder of run {theirs.identity} "
+                                  f"({spec_difference(run, theirs)}); refusing to train run {run.identity} there: "
+                                  "give another --out, or --force to replace its result")
+            return
+    write_spec(folder, run, owner="cli")
+
+
 def cmd_train(args) -> int:
     if args.gpus:
         return launch_on_gpus(args, args.argv)
-    benchmark = training_benchmark(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.spec:
+        return train_specs(args)
+    missing = [name for name in ("benchmark", "method", "size", "lr", "out") if getattr(args, name) is None]
+    if missing:
+        raise ConfigError(f"stabench train: give --spec RUN_JSON, or a benchmark with --method, --size, --lr and "
+                          f"--out (missing: {', '.join(missing)})")
+    benchmark = load(args)
     run = resolve_run(benchmark, method=args.method, size=args.size, lr=args.lr, seed=args.seed,
                       world_size=world_size())
+    claim_folder(args.out, run, args.force)
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
     metrics, = train([run], [args.out], data_dir, progress=not args.no_progress)
     print(report(metrics, args.out))
+    return 0
+
+
+def train_specs(args) -> int:
+    """Train the runs of the given run.json files (each in its own folder), as one ensemble
+    when there are several: the workflow's way, which resolves nothing again."""
+    given = [name for name in ("benchmark", "method", "size", "lr", "out") if getattr(args, name) is not None]
+    if given or args.set:
+        raise ConfigError(f"stabench train --spec: the run.json says everything; drop {', '.join(given) or '--set'}")
+    runs = [read_spec_file(path)[0] for path in args.spec]
+    folders = [Path(path).parent for path in args.spec]
+    check_same_ensemble(runs)
+    check_own_folders(folders)
+    if world_size() != runs[0].train.world_size:
+        raise ConfigError(f"{args.spec[0]}: resolved for {runs[0].train.world_size} processes, {world_size()} running")
+    network_for_data(runs[0].data.to_dict())
+    data_dir = ensure_data({"name": runs[0].benchmark, "data": runs[0].data.to_dict()}, args.data,
+                           progress=not args.no_progress)
+    for metrics, out in zip(train(runs, folders, data_dir, progress=not args.no_progress), folders):
+        print(report(metrics, out))
     return 0
 
 
@@ -141,6 +191,8 @@ def cmd_train_pack(args) -> int:
             for lr, seed, _ in members]
     check_same_ensemble(runs)  # before anything is printed or prepared
     check_own_folders([out for *_, out in members])
+    for run, (*_, out) in zip(runs, members):
+        claim_folder(out, run, args.force)
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
     reason = runs[0].stack.unpackable_reason()
     print(f"{args.method} {args.size}: {len(runs)} runs "
@@ -276,8 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def common(p):
-        p.add_argument("benchmark", help="benchmark name (benchmarks/NAME.yaml) or path to a YAML file")
+    def common(p, benchmark_required: bool = True):
+        p.add_argument("benchmark", nargs=None if benchmark_required else "?",
+                       help="benchmark name (benchmarks/NAME.yaml) or path to a YAML file")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a benchmark field, e.g. --set train.steps=300 (repeatable)")
         p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -287,13 +340,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="data folder (default results/<benchmark>/data)")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train one run (method, size, lr, seed) of a benchmark")
-    common(p)
-    p.add_argument("--method", required=True, help="a method label of the benchmark, or names joined by +")
-    p.add_argument("--size", required=True, help="a size named in the benchmark")
-    p.add_argument("--lr", type=float, required=True, help="peak learning rate")
+    p = sub.add_parser("train", help="train one run (method, size, lr, seed) of a benchmark, or the runs of run.json files")
+    common(p, benchmark_required=False)
+    p.add_argument("--spec", action="append", default=[], type=Path, metavar="RUN_JSON",
+                   help="a run folder's run.json (the workflow writes them): train that run there; several: one ensemble")
+    p.add_argument("--method", help="a method label of the benchmark, or names joined by +")
+    p.add_argument("--size", help="a size named in the benchmark")
+    p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--seed", type=COUNT, default=0)
-    p.add_argument("--out", type=Path, required=True, help="run folder for metrics.json, history.csv, checkpoint")
+    p.add_argument("--out", type=Path, help="run folder for run.json, metrics.json, history.csv, checkpoint")
+    p.add_argument("--force", action="store_true",
+                   help="train into a workflow's run folder that is for another run (its result is replaced)")
     p.add_argument("--data", type=Path, help="prepared data folder (default results/<benchmark>/data)")
     p.add_argument("--threads", type=POSITIVE, help="torch CPU threads (Snakemake passes its thread count)")
     p.add_argument("--gpus", type=COUNT, default=0,
@@ -311,6 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=POSITIVE)
     p.add_argument("--gpus", type=COUNT, default=0, help="take a GPU from the lock pool (packs use one GPU)")
     p.add_argument("--runs-per-gpu", type=POSITIVE, default=1)
+    p.add_argument("--force", action="store_true",
+                   help="train into workflow run folders that are for other runs (their results are replaced)")
     p.set_defaults(func=cmd_train_pack)
 
     p = sub.add_parser("describe", help="write method docs, provenance and the resolved benchmark")
@@ -368,8 +427,8 @@ DEBUG_NAME = "stabench-error.log"  # a failing method hook's traceback, in the r
 
 def run_folders(args) -> list[Path]:
     """The run folders of a train or train-pack command (where a debug file goes)."""
-    if args.func is cmd_train and args.out:
-        return [Path(args.out)]
+    if args.func is cmd_train:
+        return [Path(args.out)] if args.out else [Path(path).parent for path in args.spec]
     if args.func is cmd_train_pack:
         return [out for text in args.run if (out := _pack_out(text))]
     return []

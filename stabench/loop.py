@@ -52,7 +52,7 @@ from .probes import all_probes, families, run_probes
 from .progress import Progress
 from .recorder import Member
 from .runlock import run_locks
-from .runspec import ResolvedRun
+from .runspec import RunSpec
 from .schedule import learning_rates, tokens_before
 from .step import TrainingStep
 from .update import AdamW, Optimizer, OptimizerView
@@ -72,23 +72,29 @@ def is_probe_step(step: int, train: dict) -> bool:
     return step % train["probe_every"] == 0 or step % train["eval_every"] == 0 or step == train["steps"]
 
 
-def check_data(manifest: dict, config: dict, data_dir: Path) -> None:
-    if manifest.get("data") != config["data"]:
+def check_data(manifest: dict, spec: RunSpec, data_dir: Path) -> None:
+    """The data folder was prepared from the run's data settings, and its tokenizer's ids fit
+    the model's vocabulary (which may pad it, never cut it)."""
+    if manifest.get("data") != spec.data.to_dict():
         raise DataMismatchError(
             f"{data_dir} was prepared from data settings {manifest.get('data')}, but the run asks for "
-            f"{config['data']}; prepare it again (stabench prepare) or point --data elsewhere")
+            f"{spec.data.to_dict()}; prepare it again (stabench prepare) or point --data elsewhere")
+    if int(manifest.get("vocab_size", 0)) > spec.model.vocab_size:
+        raise DataMismatchError(
+            f"{data_dir}: its tokenizer has {manifest['vocab_size']} tokens, more than the model's vocabulary "
+            f"(data.vocab_size {spec.model.vocab_size}); valid: data.vocab_size >= {manifest['vocab_size']}")
 
 
-def check_same_ensemble(runs: list[ResolvedRun]) -> None:
+def check_same_ensemble(runs: list[RunSpec]) -> None:
     """Raise ConfigError unless the runs differ only in peak LR and seed."""
-    def rest(config: dict) -> dict:
-        return {k: v for k, v in config.items() if k not in ("lr", "seed")}
-    first = rest(runs[0].config)
+    def rest(spec: RunSpec) -> dict:
+        return {k: v for k, v in spec.to_dict().items() if k not in ("lr", "seed")}
+    first = rest(runs[0])
     for run in runs[1:]:
-        if rest(run.config) != first:
-            keys = sorted(k for k in first if first[k] != rest(run.config).get(k))
+        if rest(run) != first:
+            keys = sorted(k for k in first if first[k] != rest(run).get(k))
             raise ConfigError(f"runs trained together may differ only in lr and seed; these differ in {', '.join(keys)}")
-    pairs = [(r.config["lr"], r.config["seed"]) for r in runs]
+    pairs = [(r.lr, r.seed) for r in runs]
     if len(set(pairs)) != len(pairs):
         raise ConfigError("the same (lr, seed) appears twice among runs trained together")
 
@@ -98,7 +104,7 @@ def check_own_folders(out_dirs: list[Path]) -> None:
         raise ConfigError("two runs trained together share an output folder")
 
 
-def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
+def train(runs: list[RunSpec], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
           pack: bool = True, instrument: Callable[[int, bool], AbstractContextManager] | None = None) -> list[dict]:
     """Train runs of one (method, size) together; return their metrics in the order given.
 
@@ -112,11 +118,11 @@ def train(runs: list[ResolvedRun], out_dirs: list[Path], data_dir: Path, *, prog
     check_own_folders(out_dirs)
     data_dir = Path(data_dir)
     data = load_data(data_dir)
-    check_data(data.manifest, runs[0].config, data_dir)
+    check_data(data.manifest, runs[0], data_dir)
     stack = runs[0].stack
     main_process = int(os.environ.get("RANK", "0")) == 0  # several processes: rank 0 owns the folders
     with run_locks(out_dirs if main_process else []):
-        members = [Member.open(run, out, data.vocab_size, write=main_process) for run, out in zip(runs, out_dirs)]
+        members = [Member.open(run, out, write=main_process) for run, out in zip(runs, out_dirs)]
         waiting = [m for m in members if not m.finished]
         alone = not pack or stack.unpackable_reason() or runs[0].config["train"]["world_size"] > 1
         groups: dict[int, list[Member]] = defaultdict(list)

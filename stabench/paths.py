@@ -20,6 +20,7 @@ RESULTS_ROOT = Path("results")  # relative to the folder the workflow or the CLI
 RUNS = "runs"
 DATA = "data"
 TASKS = "eval_tasks"
+SPEC_NAME = "run.json"  # in every run folder: the run the folder is for (stabench.runspec)
 
 
 def results_dir(benchmark: dict) -> Path:

@@ -26,7 +26,7 @@ from . import __version__
 from .checkpoint import read_checkpoint, save_checkpoint
 from .config import ConfigError
 from .io import write_csv, write_json
-from .runspec import ResolvedRun
+from .runspec import RunSpec
 from .selection import is_diverged, uniform_l0
 from .spikes import loss_spikes
 
@@ -60,8 +60,7 @@ def check_folder(out_dir: Path, state: dict | None, config: dict) -> None:
 class Member:
     """One run being trained: its config, folder and everything recorded so far."""
 
-    run: ResolvedRun
-    config: dict                  # the resolved config, with the data's vocabulary filled in
+    run: RunSpec
     out_dir: Path
     state: dict | None = None     # the unfinished checkpoint it resumes from
     history: list[dict] = field(default_factory=list)
@@ -76,15 +75,14 @@ class Member:
     session_seconds: float = 0.0  # train_seconds when this session started (for tokens/s)
 
     @classmethod
-    def open(cls, run: ResolvedRun, out_dir: Path, vocab_size: int, write: bool = True) -> "Member":
+    def open(cls, run: RunSpec, out_dir: Path, write: bool = True) -> "Member":
         """A member for ``run`` in ``out_dir``: finished (metrics set), resuming, or new.
         ``write=False`` (a process other than the main one) never writes the folder."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         state = read_checkpoint(out_dir)
-        check_folder(out_dir, state, run.config)
-        config = {**run.config, "model": {**run.config["model"], "vocab_size": vocab_size}}
-        member = cls(run, config, out_dir)
+        check_folder(out_dir, state, run)
+        member = cls(run, out_dir)
         if state is None or state.get("identity") != run.identity:
             return member  # new, or the benchmark changed this run: train it afresh
         if state.get("finished"):
@@ -98,6 +96,11 @@ class Member:
         member.init_loss, member.elapsed = state["init_loss"], state["elapsed"]
         member.train_seconds, member.resumed_from = state["train_seconds"], state["step"]
         return member
+
+    @property
+    def config(self) -> RunSpec:
+        """The run's spec, read by key as the hooks and probes read it."""
+        return self.run
 
     @property
     def finished(self) -> bool:
@@ -118,7 +121,7 @@ class Member:
     @property
     def l0(self) -> float:
         """The benchmark's one l0: ``analysis.l0`` when it sets one, else ln(vocabulary)."""
-        return self.config.get("l0", uniform_l0(self.config["model"]["vocab_size"]))
+        return self.run.l0 if self.run.l0 is not None else uniform_l0(self.run.model.vocab_size)
 
     def is_diverged(self, loss: float, factor: float) -> bool:
         """The one divergence rule (stabench.selection), against the benchmark's l0, not the
@@ -155,7 +158,7 @@ class Member:
             **model_info,
             **loss_spikes(steps, [lm for _, lm, _ in self.losses], self.config["probes"]),
             "probe_families": families,
-            "resumed_from_step": self.resumed_from, "config": self.config, "methods": self.config["methods"],
+            "resumed_from_step": self.resumed_from, "config": self.run.to_dict(), "methods": self.run.to_dict()["methods"],
             "versions": versions(), "device": device, "precision": precision,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -60,7 +60,7 @@ def test_resolved_config_holds_everything_the_run_computes_from(engine_bench):
     assert c["model"] == {**engine_bench.benchmark["model"], "d_model": 32, "n_layers": 2, "n_heads": 2,
                           "seq_len": 32, "vocab_size": 512}
     assert c["train"]["world_size"] == 1 and c["train"]["steps"] == 40
-    assert c["methods"] == [{"name": "qk_layernorm", "args": {}, "version": "1", "changes_lr_meaning": False},
+    assert run.to_dict()["methods"] == [{"name": "qk_layernorm", "args": {}, "version": "1", "changes_lr_meaning": False},
                             {"name": "z_loss", "args": {"coef": 1e-4}, "version": "1", "changes_lr_meaning": False}]
     assert "benchmark_sizes" not in c  # visible to configure hooks only
     assert run.identity == run_identity(c) and len(run.identity) == 16

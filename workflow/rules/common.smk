@@ -127,12 +127,6 @@ def job_times():
     return train + evals
 
 
-def pack_members(wildcards):
-    """--run LR:SEED:FOLDER arguments of an ensemble job."""
-    return " ".join(f"--run {lr}:{seed}:{run_dir(wildcards.method, wildcards.size, lr, seed)}"
-                    for lr, seed in pack_runs(wildcards))
-
-
 GRID = [(m, s, lr, seed) for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]
 ALL_METRICS = [f"{run_dir(*run)}/metrics.json" for run in GRID]
 
@@ -142,23 +136,24 @@ def world_size(size):
     return max(size_gpus(size), 1)
 
 
-def _identities():
-    """Every run resolved now, so a method whose arguments do not fit the benchmark (its
-    configure hook refuses them) stops the workflow at load, in one line."""
+def _specs():
+    """Every run resolved now, once (stabench.runspec): the spec rule writes each as its
+    folder's run.json, from which its train job builds it. A method whose arguments do not fit
+    the benchmark (its configure hook refuses them) stops the workflow here, in one line."""
     try:
         return {run: resolve_run(BENCHMARK, method=run[0], size=run[1], lr=LR_OF[run[2]], seed=int(run[3]),
-                                 world_size=world_size(run[1])).identity for run in GRID}
+                                 world_size=world_size(run[1])) for run in GRID}
     except (ConfigError, MethodError) as exc:
         raise WorkflowError(str(exc)) from None
 
 
-IDENTITIES = _identities()
+SPECS = _specs()
 
 
-def run_identity(method, size, lr, seed):
-    """The run's identity (stabench.runspec): Snakemake's params for it, so a change of what the
-    run computes retrains it, and nothing else does (another method, a new size that the run
-    does not derive anything from)."""
-    if (method, size, lr, seed) not in IDENTITIES:
+def spec_of(method, size, lr, seed):
+    """The run's spec; its identity is the spec rule's params, so a change of what the run
+    computes rewrites its run.json and retrains it, and nothing else does (another method, a
+    new size that the run does not derive anything from)."""
+    if (method, size, lr, seed) not in SPECS:
         raise WorkflowError(f"{run_dir(method, size, lr, seed)} is not a run of benchmark {NAME!r}")
-    return IDENTITIES[(method, size, lr, seed)]
+    return SPECS[(method, size, lr, seed)]

@@ -13,9 +13,11 @@ GPU per evaluation, taken from the same lock pool as training on a local GPU box
 from stabench import resources as job_resources
 
 # The one list of rules that run where Snakemake runs (a cluster's login node): prepare_data may
-# stream the corpus from the hub, which compute nodes often cannot reach; the others read a few
-# files (the analysis rules: seconds to a minute of pandas and matplotlib, never worth a job).
+# stream the corpus from the hub, which compute nodes often cannot reach; the others read or
+# write a few files (run_spec: one run.json; the analysis rules: seconds to a minute of pandas
+# and matplotlib, never worth a job).
 localrules:
+    run_spec,
     prepare_data,
     build_eval_tasks,
     describe,

@@ -6,6 +6,24 @@ them per method)."""
 
 import re
 
+from stabench.paths import SPEC_NAME
+from stabench.runspec import write_spec
+
+
+rule run_spec:
+    """A run's spec (stabench.runspec), resolved once when the workflow loads, written as its
+    folder's run.json: the train job builds the run from that file alone. Its params are the
+    run's identity, so a benchmark change rewrites exactly the specs of the runs it changes,
+    and so retrains exactly those runs."""
+    output:
+        spec=f"{RUN_DIR}/{SPEC_NAME}",
+    params:
+        identity=lambda wc: spec_of(wc.method, wc.size, wc.lr, wc.seed).identity,
+    run:
+        write_spec(Path(output.spec).parent, spec_of(wildcards.method, wildcards.size, wildcards.lr, wildcards.seed),
+                   owner="workflow")
+
+
 if SINGLE_SIZES:
 
     rule train:
@@ -14,6 +32,7 @@ if SINGLE_SIZES:
         wildcard_constraints:
             size="|".join(map(re.escape, SINGLE_SIZES)),
         input:
+            spec=rules.run_spec.output.spec,
             manifest=rules.prepare_data.output.manifest,
         output:
             metrics=f"{RUN_DIR}/metrics.json",
@@ -21,9 +40,6 @@ if SINGLE_SIZES:
             losses=f"{RUN_DIR}/losses.csv",
         params:
             python=PYTHON,
-            benchmark=BENCHMARK_ARG,
-            identity=lambda wc: run_identity(wc.method, wc.size, wc.lr, wc.seed),
-            out=lambda wc, output: str(Path(output.metrics).parent),
             data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
         threads: TRAIN_THREADS
@@ -40,8 +56,7 @@ if SINGLE_SIZES:
         log:
             f"{RESULTS}/logs/train/{RUN_NAME}.log",
         shell:
-            "{params.python} -m stabench train {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
-            " --lr {wildcards.lr} --seed {wildcards.seed} --out {params.out} --data {params.data}"
+            "{params.python} -m stabench train --spec {input.spec} --data {params.data}"
             " --threads {threads} {params.gpu} > {log} 2>&1"
 
 
@@ -57,6 +72,7 @@ if PACKED_SIZES:
         wildcard_constraints:
             size="|".join(map(re.escape, PACKED_SIZES)),
         input:
+            specs=run_files("{method}", "{size}", PACK_SEED, SPEC_NAME),
             manifest=rules.prepare_data.output.manifest,
         output:
             metrics=run_files("{method}", "{size}", PACK_SEED, "metrics.json"),
@@ -64,9 +80,7 @@ if PACKED_SIZES:
             losses=run_files("{method}", "{size}", PACK_SEED, "losses.csv"),
         params:
             python=PYTHON,
-            benchmark=BENCHMARK_ARG,
-            identities=lambda wc: [run_identity(wc.method, wc.size, lr, seed) for lr, seed in pack_runs(wc)],
-            members=pack_members,
+            specs=lambda wc, input: " ".join(f"--spec {path}" for path in input.specs),
             data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
         threads: TRAIN_THREADS
@@ -83,5 +97,5 @@ if PACKED_SIZES:
         log:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/{PACK_JOB}.log",
         shell:
-            "{params.python} -m stabench train-pack {params.benchmark} --method '{wildcards.method}' --size {wildcards.size}"
-            " {params.members} --data {params.data} --threads {threads} {params.gpu} > {log} 2>&1"
+            "{params.python} -m stabench train {params.specs} --data {params.data} --threads {threads} {params.gpu}"
+            " > {log} 2>&1"
