@@ -17,13 +17,19 @@ unless the benchmark names something only the hub has.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from . import offline
 from .config import ConfigError, load_benchmark, resolve_benchmark_path
 from .data.tokenizer import check_tokenizer_value, looks_like_path
 from .evaluation.tasks import LOCAL_NAMES, check_task_names
+from .methods import known_methods
 from .paths import lr_labels
+
+# stabench.config's line for a method label the schema refuses ('baseline+', 'a-b'): it says in
+# words what is valid, and only this layer can list the method files.
+_BAD_LABEL = re.compile(r"(^|: )methods\[\d+\](\.use)?: got ")
 
 
 def check_for_use(benchmark: dict, source: str = "benchmark") -> dict:
@@ -42,7 +48,13 @@ def load_for_use(name_or_path: str | Path, overrides: list[str] | None = None) -
     """Read, override and validate a benchmark file (``stabench.config.load_benchmark``), then
     run the checks of the layers above it."""
     path = resolve_benchmark_path(name_or_path)
-    return check_for_use(load_benchmark(path, overrides), source=str(path))
+    try:
+        benchmark = load_benchmark(path, overrides)
+    except ConfigError as exc:
+        if _BAD_LABEL.search(str(exc)):
+            raise ConfigError(f"{exc}; known methods: {', '.join(known_methods())}") from None
+        raise
+    return check_for_use(benchmark, source=str(path))
 
 
 def hub_needs(benchmark: dict) -> list[str]:
