@@ -33,15 +33,13 @@ import difflib
 import logging
 import math
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from ..io import write_json
-from ..offline import go_offline
+from ..offline import go_offline, hub_reachable
 from ..selection import best_lr_run, effective_loss, uniform_l0
 from .tasks import LOCAL_NAMES
 
@@ -115,14 +113,7 @@ def hub_offline(timeout: float = 3.0) -> bool:
     and, since ``datasets`` and ``huggingface_hub`` read it at import, in their loaded config.
     Benchmarks that need no hub are offline before this is asked (``stabench.offline``).
     """
-    truthy = ("1", "true", "yes", "on")
-    offline = any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if not offline:
-        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-        except OSError:
-            offline = True
+    offline = not hub_reachable(timeout)
     if offline:
         go_offline()
     return offline
