@@ -7,7 +7,10 @@ a request to the hub, and a mistyped tokenizer path becomes hub lookups retried 
 minute. So every stabench process (and the workflow, whose jobs inherit its environment)
 switches the libraries' offline mode on (``go_offline``) unless the benchmark names something
 only the hub has (``stabench.benchmark.network_for`` asks; ``stabench.evaluation.runner.hub_offline``
-decides for hub tasks). This module imports nothing of stabench: every layer may use it.
+decides for hub tasks). When the hub is needed but unreachable (``hub_reachable``: one TCP
+connection), a download is one look in the local cache (``hub_or_cache``), not half a minute of
+retries, and a hub eval task is refused when the benchmark is loaded (``stabench.benchmark``).
+This module imports nothing of stabench: every layer may use it.
 """
 
 from __future__ import annotations
