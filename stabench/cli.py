@@ -272,7 +272,7 @@ def evaluate(args) -> int:
     record = evaluate_runs(args.runs, data_dir=data_dir, tasks_dir=tasks_dir, tasks=tasks,
                            init_tasks=cfg["init_tasks"], limit=cfg["limit"], batch_size=cfg["batch_size"],
                            device=args.device or cfg["device"], select="best" if args.best else "single",
-                           l0=benchmark["analysis"]["l0"])
+                           l0=benchmark["analysis"]["l0"], progress=not args.no_progress)
     write_record(record, args.out)
     scores = ", ".join(f"{k} {v:.4g}" for k, v in record["scores"].items() if "stderr" not in k and v is not None)
     skipped = [t for t, r in record.get("tasks", {}).items() if r.get("status") == "skipped"]

@@ -257,11 +257,15 @@ class MethodStack:
         return out
 
 
+VALID_LABEL = ("valid: method names joined by '+' (e.g. 'baseline' or 'qk_layernorm+z_loss'), each the name of "
+               "a file in methods/")
+
+
 def parse_use(use: str) -> list[str]:
     names = [n.strip() for n in use.split("+")]
     if not all(names):
-        raise MethodError(f"method {use!r}: an empty name before, between or after '+' signs; valid: method "
-                          "names joined by '+', e.g. 'a' or 'a+b'")
+        raise MethodError(f"method {use!r}: an empty name before, between or after '+' signs; {VALID_LABEL}; "
+                          f"known methods: {', '.join(known_methods())}")
     return names
 
 

@@ -66,6 +66,21 @@ def test_registered_as_stabench():
     assert get_model("dummy").__name__ == "DummyLM"  # built-in models still resolve
 
 
+def test_progress_false_draws_no_bar_whatever_lm_eval_asks(gpt, tokenizer, capsys):
+    """``stabench eval`` in a log file: lm-eval calls loglikelihood without disable_tqdm, and its
+    'Tokenizing inputs' bar and the model's own would fill the log with carriage returns."""
+    from stabench.evaluation.adapter import StabenchLM
+    quiet = StabenchLM(model=gpt, tokenizer=tokenizer, batch_size=3, device="cpu", progress=False)
+    capsys.readouterr()
+    quiet.loglikelihood([request("loglikelihood", "The city of", " Paris")])
+    quiet.loglikelihood_rolling([request("loglikelihood_rolling", "A group is a set with an operation.")])
+    quiet.generate_until([request("generate_until", "A", {"until": [], "max_gen_toks": 2})])
+    assert capsys.readouterr().err == ""
+    loud = StabenchLM(model=gpt, tokenizer=tokenizer, batch_size=3, device="cpu")
+    loud.loglikelihood([request("loglikelihood", "The city of", " Paris")])
+    assert "Tokenizing inputs" in capsys.readouterr().err  # the default is lm-eval's own
+
+
 def test_loglikelihood_is_the_models_summed_logprob(lm, gpt, tokenizer):
     pairs = [("The city of", " Paris"), ("A group is", " a set with an operation"), ("It", " was")]
     got = lm.loglikelihood([request("loglikelihood", c, t) for c, t in pairs], disable_tqdm=True)

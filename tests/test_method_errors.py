@@ -45,3 +45,31 @@ def test_a_malformed_method_label_says_what_is_valid(tmp_path, methods):
     text = str(exc.value)
     assert "allowed: method names (letters, digits and _, as the files in methods/) joined by '+'" in text, text
     assert "^[" not in text
+
+
+@pytest.mark.parametrize("methods", [["baseline+"], [{"use": "baseline+z_loss+"}], ["qk-layernorm"]])
+def test_a_malformed_method_label_lists_the_method_files_where_a_benchmark_is_loaded(tmp_path, methods):
+    from stabench.benchmark import load_for_use
+    from stabench.config import ConfigError
+    from stabench.methods import known_methods
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "methods": methods, "sizes": {"s": {"d_model": 32, "n_layers": 1,
+                                                                                       "n_heads": 1}},
+                                    "learning_rates": [0.01]}))
+    with pytest.raises(ConfigError) as exc:
+        load_for_use(path)
+    text = str(exc.value)
+    assert "joined by '+'" in text and f"known methods: {', '.join(known_methods())}" in text, text
+    assert "baseline" in known_methods() and "\n" not in text and "^[" not in text
+
+
+@pytest.mark.parametrize("label", ["baseline+", "+z_loss", "baseline++z_loss"])
+def test_a_malformed_method_option_says_in_words_what_is_valid(tmp_path, capsys, monkeypatch, label):
+    monkeypatch.setattr("stabench.offline.go_offline", lambda: None)  # the CLI's offline mode stays in this test
+    code = main(["train", "smoke", "--method", label, "--size", "t16", "--lr", "0.01", "--out", str(tmp_path / "o"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1, err
+    assert f"method {label!r}: an empty name" in err[0] and "method names joined by '+'" in err[0], err[0]
+    assert "a file in methods/" in err[0] and "known methods: adam_atan2, " in err[0] and "z_loss" in err[0], err[0]
+    assert not (tmp_path / "o").exists()

@@ -59,6 +59,12 @@ def test_smoke_workflow_with_evaluation_runs_without_network(tmp_path):
     runs = pd.read_csv(results / "runs.csv")
     assert "eval/stabench_cloze/acc" in runs.columns
     assert (results / "report.html").stat().st_size > 10_000
+    # every job's log is plain lines, no progress bar redrawn with carriage returns (issue 21)
+    logs = [path for path in (results / "logs").rglob("*") if path.is_file()]
+    assert any("eval" in path.parts for path in logs) and (results / "logs" / "prepare_data.log") in logs
+    redrawn = [str(path.relative_to(results)) for path in logs if b"\r" in path.read_bytes()]
+    assert redrawn == [], redrawn
+    assert "tokenize train: " in (results / "logs" / "prepare_data.log").read_text()
 
 
 def test_tokenizer_typo_is_one_line_without_network(tmp_path):

@@ -25,6 +25,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+from .. import offline
 from .errors import DataError, config_error
 
 WIKI_VITAL = "wiki-vital"
@@ -99,13 +100,17 @@ def _hf(source: str, data_cfg: Mapping[str, Any], cap: int) -> Iterable[Any]:
     split = data_cfg.get("hf_split") or "train"
     if not name:
         raise config_error("source", source, "missing dataset name", VALID_SOURCES)
+    # a hub name with the hub unreachable: the cache only, one attempt (not ~30 s of retries)
+    hub_up = Path(name).exists() or offline.hub_or_cache()
     try:
         import datasets
 
         ds = datasets.load_dataset(name, config or None, split=split, streaming=True)
     except Exception as err:  # network, missing dataset, bad config or split: all one story
+        problem = "the Hugging Face hub is unreachable (no network, or HF_HUB_OFFLINE set) and the dataset is " \
+            "not in the local cache" if not hub_up else f"{type(err).__name__}: {_first_line(err)}"
         raise config_error(
-            "source", source, f"cannot load dataset ({type(err).__name__}: {_first_line(err)})",
+            "source", source, f"cannot load dataset ({problem})",
             "a hub dataset reachable online, or a local folder of jsonl/parquet/txt files",
         ) from None
     return _column(islice(ds, cap), source, data_cfg)

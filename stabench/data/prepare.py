@@ -32,6 +32,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from ..io import atomic_open, write_text
+from ..progress import library_bars
 from .corpus import load_documents
 from .errors import DataError
 from .split import split_documents
@@ -83,6 +84,7 @@ def prepare_data(data_cfg: Mapping[str, Any], out_dir: str | os.PathLike, progre
     if cached is not None:
         _check_vocab(data_cfg, cached["vocab_size"])
         return cached
+    library_bars(progress)  # datasets' bars only in a terminal: a log file gets no carriage returns
     documents = load_documents(data_cfg)  # before any folder exists: a bad source leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     train_docs, val_docs = split_documents(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from .. import offline
 from .errors import DataError, config_error
 
 EOS_TOKEN = "<|endoftext|>"
@@ -61,17 +62,22 @@ def check_tokenizer_value(value: str) -> None:
 
 
 def load_pretrained(name_or_path: str) -> Tokenizer:
-    """Load a ``tokenizer.json`` file, or a hub tokenizer by name (needs network)."""
+    """Load a ``tokenizer.json`` file, or a hub tokenizer by name (needs network, or the local
+    cache: with the hub unreachable it is looked for there once, not retried for half a minute)."""
     check_tokenizer_value(name_or_path)
     path = Path(name_or_path).expanduser()
+    hub_up = True
     try:
         if path.is_dir() and (path / "tokenizer.json").is_file():
             return Tokenizer.from_file(str(path / "tokenizer.json"))
         if path.is_file():
             return Tokenizer.from_file(str(path))
+        hub_up = offline.hub_or_cache()
         return Tokenizer.from_pretrained(name_or_path)
     except Exception as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if not hub_up:
+            msg = "the Hugging Face hub is unreachable (no network, or HF_HUB_OFFLINE set) and it is not in the local cache"
         raise config_error("tokenizer", name_or_path, f"cannot load tokenizer ({msg})", VALID_TOKENIZERS) from None
 
 

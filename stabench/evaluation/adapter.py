@@ -87,7 +87,8 @@ class StabenchLM(TemplateLM):
     model_args: ``run_dir`` (a finished run folder), ``data_dir`` (its prepared data folder;
     default ``<run_dir>/../../../../data``, the workflow's layout), ``device`` (cpu, cuda,
     cuda:N, auto), ``batch_size`` (windows per forward), ``at_init`` (the same model before
-    training: same seed and method transforms, no checkpoint), ``max_gen_toks``.
+    training: same seed and method transforms, no checkpoint), ``max_gen_toks``, ``progress``
+    (false: no bar, whatever lm-eval asks; ``stabench eval`` in a log file passes false).
     In Python, ``model=`` (a GPT) and ``tokenizer=`` (a tokenizers.Tokenizer) may replace
     ``run_dir``/``data_dir``.
     """
@@ -97,7 +98,8 @@ class StabenchLM(TemplateLM):
     def __init__(self, run_dir: str | None = None, data_dir: str | None = None, device: str | None = "cpu",
                  batch_size: int | str | None = DEFAULT_BATCH_SIZE, at_init: bool | str = False,
                  max_gen_toks: int = DEFAULT_MAX_GEN_TOKS, model: torch.nn.Module | None = None,
-                 tokenizer=None, eot_token_id: int | None = None, **unused: Any) -> None:
+                 tokenizer=None, eot_token_id: int | None = None, progress: bool | str = True,
+                 **unused: Any) -> None:
         super().__init__()
         from stabench.data.tokenizer import eos_id
 
@@ -107,6 +109,7 @@ class StabenchLM(TemplateLM):
             log.warning("stabench model: ignoring unknown model_args %s", sorted(unused))
         self._device = torch.device(resolve_device(device))
         self.at_init = _bool(at_init)
+        self.progress = _bool(progress)
         self.run_dir = Path(run_dir) if run_dir else None
         if model is None:
             if self.run_dir is None:
@@ -202,8 +205,12 @@ class StabenchLM(TemplateLM):
         bar.close()
         return batches.get_original(results)
 
+    def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         """requests: ((context, continuation), context_tokens, continuation_tokens)."""
+        disable_tqdm = disable_tqdm or not self.progress
         windows, owner = [], []
         for i, (_, ctx, cont) in enumerate(requests):
             for w in self._windows(list(ctx), list(cont)):
@@ -222,6 +229,7 @@ class StabenchLM(TemplateLM):
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each text, conditioned only on the end-of-document token."""
+        disable_tqdm = disable_tqdm or not self.progress
         pieces, owner = [], []
         for i, req in enumerate(requests):
             windows = get_rolling_token_windows(token_list=self.tok_encode(req.args[0]), prefix_token=self.prefix_token_id,
@@ -239,6 +247,7 @@ class StabenchLM(TemplateLM):
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        disable_tqdm = disable_tqdm or not self.progress
         items = []
         for req in requests:
             context, gen_kwargs = req.args[0], dict(req.args[1] or {})

@@ -33,15 +33,14 @@ import difflib
 import logging
 import math
 import os
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from ..io import write_json
-from ..offline import go_offline
+from ..offline import go_offline, hub_reachable
+from ..progress import library_bars
 from ..selection import best_lr_run, effective_loss, uniform_l0
 from .tasks import LOCAL_NAMES
 
@@ -115,14 +114,7 @@ def hub_offline(timeout: float = 3.0) -> bool:
     and, since ``datasets`` and ``huggingface_hub`` read it at import, in their loaded config.
     Benchmarks that need no hub are offline before this is asked (``stabench.offline``).
     """
-    truthy = ("1", "true", "yes", "on")
-    offline = any(os.environ.get(v, "").strip().lower() in truthy for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-    if not offline:
-        host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-        except OSError:
-            offline = True
+    offline = not hub_reachable(timeout)
     if offline:
         go_offline()
     return offline
@@ -217,8 +209,9 @@ def _versions() -> dict:
 def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir: str | Path | None,
                   tasks: list[str], init_tasks: list[str] | None = None, limit: int | None = None,
                   batch_size: int = 32, device: str = "auto", select: str = "single",
-                  l0: float | None = None) -> dict:
-    """Evaluate one run, or the best of several, and return the record (see module doc)."""
+                  l0: float | None = None, progress: bool = True) -> dict:
+    """Evaluate one run, or the best of several, and return the record (see module doc).
+    ``progress``: lm-eval's and the model's bars, in a terminal only (``stabench.progress.library_bars``)."""
     from .adapter import StabenchLM
 
     start = time.perf_counter()
@@ -250,15 +243,17 @@ def evaluate_runs(run_dirs: list[str | Path], *, data_dir: str | Path, tasks_dir
                 hub = "offline" if hub_offline() else "online"
             elif tasks_dir:
                 keep_cache_beside(tasks_dir)
+            progress = library_bars(progress)  # after keep_cache_beside: it reads the cache before datasets' import
             tm = task_manager(tasks, tasks_dir)
-            lm = StabenchLM(run_dir=str(chosen), data_dir=str(data_dir), device=device, batch_size=batch_size)
+            lm = StabenchLM(run_dir=str(chosen), data_dir=str(data_dir), device=device, batch_size=batch_size,
+                            progress=progress)
             settings["device"] = str(lm.device)
             results = evaluate_model(lm, tasks, tm, limit=limit)
             del lm
             init = {}
             if init_tasks:
                 lm0 = StabenchLM(run_dir=str(chosen), data_dir=str(data_dir), device=device,
-                                 batch_size=batch_size, at_init=True)
+                                 batch_size=batch_size, at_init=True, progress=progress)
                 init = evaluate_model(lm0, init_tasks, tm, limit=limit)
             record.update(status="evaluated", tasks=results, init=init, scores=flat_scores(results, init))
     settings["hub"] = hub  # None: only offline tasks, the hub was not needed

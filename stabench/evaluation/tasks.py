@@ -54,6 +54,21 @@ def check_task_names(eval_settings: dict) -> None:
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"eval.{field}: got {task!r}{hint}; the offline tasks are "
                                   f"{', '.join(LOCAL_NAMES)}")
+
+
+def check_tasks_offline(eval_settings: dict) -> None:
+    """Without the hub, only the offline tasks can be evaluated: a name that is not one (a typo,
+    or an lm-eval task whose data is on the hub) is a ConfigError naming the field, with the
+    closest offline task and the list of them. ``eval_settings`` is a benchmark's ``eval`` section."""
+    if eval_settings["runs"] == "none":
+        return
+    for task in eval_settings["tasks"]:
+        if task not in LOCAL_NAMES:
+            close = difflib.get_close_matches(task, LOCAL_NAMES, n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"eval.tasks: got {task!r}{hint}, which is no offline task, and the Hugging Face hub "
+                              "is unreachable (no network, or HF_HUB_OFFLINE set); the offline tasks are "
+                              f"{', '.join(LOCAL_NAMES)}")
 BUILDER_VERSION = "2"
 
 CLOZE_MAX_WORDS = 60
