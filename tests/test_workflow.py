@@ -181,155 +181,48 @@ def test_snakemake_report_works(smoke_results):
     assert (smoke_results / "smk_report.html").stat().st_size > 10_000
 
 
-def test_snakemake_params_are_the_checkpoint_identity(smoke_results):
-    """The identity Snakemake recorded for each run (its train job's params) is the identity in
-    the run's checkpoint and metrics: one definition for both."""
+def test_each_run_is_trained_from_its_run_json(smoke_results):
+    """Every run folder holds the run.json the workflow resolved once (its run_spec job, whose
+    params are the run's identity); the train job is handed those files and nothing else about
+    the run (no LR or method in its command line), and the checkpoint and metrics it writes
+    carry the same identity: one definition for all four."""
     results = smoke_results / "results" / "smoke"
     records = metadata(smoke_results)
     run_dirs = sorted(p.parent for p in (results / "runs").rglob("metrics.json"))
     assert len(run_dirs) == 2 * 2 * 3
     for run_dir in run_dirs:
         rel = run_dir.relative_to(smoke_results).as_posix()
+        spec = json.loads((run_dir / "run.json").read_text())
+        assert spec["owner"] == "workflow" and spec["spec"]["lr"] == float(rel.rsplit("/lr", 1)[1].split("-s")[0])
+        assert records[f"{rel}/run.json"]["rule"] == "run_spec"
+        identity = param_identities(records[f"{rel}/run.json"])[0]
         record = records[f"{rel}/metrics.json"]
         assert record["rule"] == "train_pack"
-        members = re.findall(r"--run (\S+)", record["shellcmd"])
-        index = [m.split(":", 2)[2] for m in members].index(rel)
-        identity = param_identities(record)[index]
+        assert f"--spec {rel}/run.json" in record["shellcmd"] and "--lr" not in record["shellcmd"]
         checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=True)
-        assert identity == checkpoint["identity"] == json.loads((run_dir / "metrics.json").read_text())["identity"]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert identity == spec["identity"] == checkpoint["identity"] == metrics["identity"]
 
 
-def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
-    """A huge LR diverges (a row of the leaderboard); a crashing method fails only its jobs."""
-    (tmp_path / "methods").mkdir()
-    (tmp_path / "methods" / "crashes.py").write_text(
-        '"""A method that raises, to test that one crash does not stop the grid."""\n'
-        'VERSION = "0"\n'
-        'def transform_model(model, config, args):\n'
-        '    raise RuntimeError("deliberate crash for the test")\n')
-    bench = smoke_bench()
-    bench.update(name="crashy", methods=["baseline", "crashes"], learning_rates=[1e-2, 1e4],
-                 sizes={"t16": bench["sizes"]["t16"]})
-    bench["train"].update(steps=20)
-    path = tmp_path / "crashy.yaml"
-    path.write_text(yaml.safe_dump(bench))
-
-    proc = snakemake(tmp_path, "--cores", "2", "--keep-going", "--config", f"benchmark={path}", check=False)
-    assert proc.returncode != 0
-    runs = tmp_path / "results" / "crashy" / "runs"
-    ok = json.loads((runs / "baseline" / "t16" / "lr0.01-s0" / "metrics.json").read_text())
-    diverged = json.loads((runs / "baseline" / "t16" / "lr10000-s0" / "metrics.json").read_text())
-    assert not ok["diverged"] and diverged["diverged"]
-    assert ok["packed_with"] == diverged["packed_with"] == 2  # it left the pack; the other finished
-    assert not (runs / "crashes" / "t16" / "lr0.01-s0" / "metrics.json").exists()
-    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "s0.log"
-    assert "deliberate crash for the test" in log.read_text()
-
-    # Without the crashing method the same grid completes, and the diverged run is scored.
-    bench["methods"] = ["baseline"]
-    path.write_text(yaml.safe_dump(bench))
-    snakemake(tmp_path, "--cores", "2", "--config", f"benchmark={path}")
-    board = pd.read_csv(tmp_path / "results" / "crashy" / "leaderboard.csv")
-    assert board.loc[0, "diverged"] == 1
-
-
-def test_bad_benchmark_is_a_one_line_error(tmp_path):
-    bench = smoke_bench()
-    bench["learning_rates"] = ["abc"]
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bench))
-    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
-    assert proc.returncode != 0
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "learning_rates" in line]
-    assert lines and "'abc'" in lines[0] and "Traceback" not in proc.stderr
-
-
-def test_duplicate_lrs_are_a_one_line_error_naming_both(tmp_path):
-    bench = smoke_bench()
-    bench["learning_rates"] = [1.0e-3, 1.0e-2, 0.001]
-    path = tmp_path / "dup.yaml"
-    path.write_text(yaml.safe_dump(bench))
-    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
-    assert proc.returncode != 0
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "learning_rates" in line]
-    assert len(lines) == 1 and "0.001 and 0.001" in lines[0] and "Traceback" not in proc.stderr
-
-
-@pytest.mark.parametrize("pack", ["1", "0"])
-def test_exact_lrs_make_distinct_runs_with_exact_floats(tmp_path, pack):
-    bench = smoke_bench()
-    bench["learning_rates"] = [1e-3, 1.0000001e-3, 3.16227766e-3]
-    bench["methods"] = ["baseline"]
-    path = tmp_path / "exact.yaml"
-    path.write_text(yaml.safe_dump(bench))
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", f"benchmark={path}", f"pack={pack}")
-    out = proc.stdout + proc.stderr
-    folders = set(re.findall(r"runs/baseline/t16/(lr[^/\s]+-s0)/metrics.json", out))
-    assert folders == {"lr0.001-s0", "lr0.0010000001-s0", "lr0.00316227766-s0"}
-    if pack == "1":
-        assert "--run 0.00316227766:0:results/smoke/runs/baseline/t16/lr0.00316227766-s0" in out
-        assert job_counts(proc)["train_pack"] == 2
-    else:
-        assert "--lr 0.00316227766 " in out and "--lr 0.0010000001 " in out
-        assert job_counts(proc)["train"] == 6
-    assert "0.00316228" not in out
-
-
-def test_unknown_method_in_benchmark_names_it(tmp_path):
-    bench = smoke_bench()
-    bench["methods"] = ["baseline", "qk_layrnorm"]
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(bench))
-    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
-    assert proc.returncode != 0
-    assert "Did you mean 'qk_layernorm'" in proc.stdout + proc.stderr
-
-
-def test_cpu_benchmark_dry_run(tmp_path):
-    bench = yaml.safe_load((REPO / "benchmarks" / "cpu.yaml").read_text())
-    n_grid = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"]) * len(bench.get("seeds", [0]))
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")  # the default benchmark is cpu, packed
-    seeds = len(bench.get("seeds", [0]))
-    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"]) * seeds  # a job per LR sweep
-    assert "train" not in job_counts(proc)
-    assert (proc.stdout + proc.stderr).count("--run ") == n_grid
-    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=all")  # every run of a (method, size)
-    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"])
-    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=0")
-    assert job_counts(proc)["train"] == n_grid and "train_pack" not in job_counts(proc)
-
-
-def test_pack_zero_trains_run_by_run(tmp_path):
-    """--config pack=0: one train job per run, each `stabench train` with its exact LR."""
-    bench = smoke_bench()
-    n_runs = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"])
-    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", "benchmark=smoke", "pack=0")
-    assert job_counts(proc)["train"] == n_runs and "train_pack" not in job_counts(proc)
-    out = proc.stdout + proc.stderr
-    assert out.count("-m stabench train ") == n_runs and "train-pack" not in out
-    assert {(w["method"], w["size"], w["lr"]) for w in job_wildcards(proc, "train")} == {
-        (m, s, f"{lr:g}") for m in bench["methods"] for s in bench["sizes"] for lr in bench["learning_rates"]}
-
-
-@pytest.mark.parametrize("pack, rule", [("1", "train_pack"), ("0", "train")])
-def test_slurm_profile_dry_run_requests_gpus(tmp_path, pack, rule):
-    """The SLURM profile turns each train job into a job asking for its size's GPUs, with the
-    runtime and memory estimated from the benchmark (workflow/rules/resources.smk)."""
-    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
-                     "--config", "benchmark=smoke", "gpus=1", f"pack={pack}")
-    out = proc.stdout + proc.stderr
-    train_blocks = [b for b in out.split("\n\n") if f"rule {rule}:" in b]
-    assert train_blocks and all("gpu=1" in b and "runtime=" in b and "mem_mb=" in b for b in train_blocks)
-    assert "your_account" not in out  # no placeholder account: the plugin uses the user's default
-    assert "--gpus 1" in out
-
-
-def test_gpu_profile_dry_run_takes_pool_slots(tmp_path):
-    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "gpu"),
-                     "--config", "benchmark=smoke", "gpus=1", "runs_per_gpu=4")
-    out = proc.stdout + proc.stderr
-    assert "gpu_slots=1" in out and "--gpus 1 --runs-per-gpu 4" in out
-    assert "--threads 2" in out
+def test_a_result_forced_into_a_workflow_folder_is_refused_by_the_analysis(smoke_results, tmp_path):
+    """`stabench train --force` into a workflow's run folder with another setting: the next
+    workflow run does not take that result into the tables without a word (one line naming both
+    runs and what to delete)."""
+    work = tmp_path / "forced"
+    shutil.copytree(smoke_results / "results", work / "results", symlinks=True)
+    run_dir = next((work / "results/smoke/runs").rglob("run.json")).parent
+    spec = json.loads((run_dir / "run.json").read_text())["spec"]
+    argv = [sys.executable, "-m", "stabench", "train", "smoke", "--method", spec["method"], "--size", spec["size"],
+            "--lr", repr(spec["lr"]), "--seed", str(spec["seed"]), "--out", str(run_dir.relative_to(work)),
+            "--set", "train.steps=7", "--no-progress"]
+    refused = subprocess.run(argv, cwd=work, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and "train.steps: 40 there, 7 here" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "--force" in refused.stderr
+    forced = subprocess.run([*argv, "--force"], cwd=work, capture_output=True, text=True, timeout=600)
+    assert forced.returncode == 0, forced.stderr
+    shutil.copytree(smoke_results / ".snakemake", work / ".snakemake", ignore=shutil.ignore_patterns("locks", "incomplete"))
+    proc = snakemake(work, "--cores", "2", "--config", "benchmark=smoke", "--forcerun", "aggregate", check=False)
+    assert proc.returncode != 0 and "metrics.json holds run" in (work / "results/smoke/logs/aggregate.log").read_text()
 
 
 # ---- one run identity: a new size retrains exactly what it changes ----------------------------
@@ -357,9 +250,9 @@ def test_adding_a_smaller_size_retrains_exactly_the_runs_it_changes(tmp_path):
     snakemake(tmp_path, "--cores", "2", *grow_targets(["s32"]), "--config", f"benchmark={path}")
     records = metadata(tmp_path)
     for method in GROW_METHODS:
-        record = records[f"results/grow/runs/{method}/s32/lr0.01-s0/metrics.json"]
+        record = records[f"results/grow/runs/{method}/s32/lr0.01-s0/run.json"]
         state = torch.load(tmp_path / f"results/grow/runs/{method}/s32/lr0.01-s0/checkpoint.pt", weights_only=True)
-        assert param_identities(record)[1] == state["identity"], method
+        assert param_identities(record)[0] == state["identity"], method
     assert snakemake(tmp_path, "-n", "--cores", "2", *grow_targets(["s32"]), "--config", f"benchmark={path}") \
         .stdout.count("rule train_pack:") == 0
 
