@@ -1,4 +1,4 @@
-"""Command line: ``stabench prepare | train | describe | methods | build-tasks | eval``.
+"""Command line: ``stabench prepare | train | describe | methods | build-tasks | eval | export``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line; usage
@@ -283,6 +283,15 @@ def evaluate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    config = export_run(args.run_dir, args.out, data_dir=args.data)
+    print(f"{args.run_dir} -> {args.out}: transformers GPT2LMHeadModel, {config['n_layer']} layers, "
+          f"d={config['n_embd']}, vocab {config['vocab_size']}, context {config['n_positions']}")
+    return 0
+
+
 def cmd_speed(args) -> int:
     benchmark = load(args)
     if args.shape:
@@ -415,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3, help="peak LR of a single run, centre of a pack's LRs")
     p.add_argument("--out", type=Path, help="write the results as JSON")
     p.set_defaults(func=cmd_speed)
+
+    p = sub.add_parser("export", help="write a finished run's model as a Hugging Face (transformers GPT-2) model")
+    p.add_argument("run_dir", type=Path, help="run folder holding metrics.json and checkpoint.pt")
+    p.add_argument("out", type=Path, help="folder for config.json, model.safetensors and the tokenizer")
+    p.add_argument("--data", type=Path, help="the run's prepared data folder (default results/<benchmark>/data)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")

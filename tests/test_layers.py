@@ -45,6 +45,8 @@ LAYERS = {
     # zero-shot evaluation
     "evaluation": 8, "evaluation.templates": 8, "evaluation.tasks": 8, "evaluation.adapter": 8,
     "evaluation.runner": 8, "evaluation.lm_eval_cli": 8,
+    # a finished run written as a Hugging Face model
+    "export": 8,
     # a whole benchmark: loaded for use, its resources, speed and provenance
     "benchmark": 9, "resources": 9, "speed": 9, "provenance": 9,
     # the command line

@@ -182,6 +182,9 @@ def test_smoke_benchmark_through_slurm(slurm_cluster, tmp_path):
     bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
     assert len(heavy) >= len(bench["methods"]) * len(bench["sizes"]) * 2  # train (or packs) + evaluations
     assert heavy == set(submitted), f"not submitted to SLURM: {[rule_of[j] for j in heavy - set(submitted)]}"
+    # the profile makes the exact sbatch request of every job visible (the plugin logs it at debug level)
+    calls = re.findall(r"^sbatch call: sbatch .*$", log, re.M)
+    assert len(calls) >= len(submitted) and all(" -t " in c and " --mem " in c for c in calls), calls[:1]
     for rule in LOCAL_RULES:
         assert f"localrule {rule}:" in log
 
