@@ -218,10 +218,6 @@ class RunSpec(Section):
         return run_identity(self.to_dict())
 
 
-# The run a folder's checkpoint or metrics hold is known by these (stabench.recorder).
-ResolvedRun = RunSpec
-
-
 def resolve_run(benchmark: dict, *, method: str, size: str, lr: float, seed: int, world_size: int = 1) -> RunSpec:
     """The run (method label, size, peak LR, seed) of ``benchmark`` on ``world_size`` processes."""
     check_run_point(benchmark, lr, seed)

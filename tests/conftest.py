@@ -63,7 +63,7 @@ def engine_bench(tmp_path_factory) -> EngineBench:
 
 
 def resolve(benchmark: dict, method: str = "baseline", size: str = "tiny", lr: float = 1e-2, seed: int = 0):
-    """The ResolvedRun (config + identity) of one run of ``benchmark``."""
+    """The RunSpec of one run of ``benchmark``."""
     from stabench.runspec import resolve_run
     return resolve_run(benchmark, method=method, size=size, lr=lr, seed=seed)
 
