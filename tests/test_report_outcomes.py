@@ -53,13 +53,13 @@ def test_report_for_any_outcome(tmp_path, monkeypatch, capsys, case):
     bench = tmp_path / "benchmark.yaml"
     bench.write_text(yaml.safe_dump(benchmark(methods, **kw) | {"name": case}))
     texts = {}
-    save = F.save_png
+    save = F.save_figure
 
-    def recording_save(fig, path, dpi=110):
-        texts[Path(path).stem] = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
-        return save(fig, path, dpi=40)  # a low resolution: the test is about drawing, not pixels
+    def recording_save(fig, png, svg, dpi=110):
+        texts[Path(png).stem] = " ".join(t.get_text() for t in fig.findobj(matplotlib.text.Text))
+        return save(fig, png, svg, dpi=40)  # a low resolution: the test is about drawing, not pixels
 
-    monkeypatch.setattr(F, "save_png", recording_save)
+    monkeypatch.setattr(F, "save_figure", recording_save)
     f = lambda n: str(tmp_path / n)  # noqa: E731
     b = ["--benchmark-yaml", str(bench)]
     assert main(["aggregate", "--metrics", *map(str, metrics), "--runs-csv", f("runs.csv"), *b]) == 0
@@ -87,9 +87,9 @@ def test_a_figure_that_fails_becomes_a_placeholder(tmp_path, capsys):
     def broken():
         raise ValueError("Data cannot be log-scaled because all values are <= 0.")
 
-    assert draw_one("loss_vs_lr", broken, tmp_path / "a.png") is False
-    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+    assert draw_one("loss_vs_lr", broken, tmp_path) is False
+    assert (tmp_path / "loss_vs_lr.png").read_bytes()[:4] == b"\x89PNG"
     err = capsys.readouterr().err.strip()
     assert err == ("figure loss_vs_lr could not be drawn (ValueError: Data cannot be log-scaled because all "
                    "values are <= 0.); a placeholder is written instead")
-    assert draw_one("spikes", lambda: F.empty_figure("t", "m"), tmp_path / "b.png") is True
+    assert draw_one("spikes", lambda: F.empty_figure("t", "m"), tmp_path) is True
