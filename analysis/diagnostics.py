@@ -59,6 +59,7 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
     colors = lr_colors(data["lr"])
     g = sns.FacetGrid(data, col="method", col_wrap=min(COL_WRAP, data["method"].nunique()),
                       height=HEIGHT * 0.9, aspect=ASPECT, sharey=True)
+    shown = set()  # which markers some panel draws: the legend names only those
     for method, ax in g.axes_dict.items():
         cells = size_cells(runs, method, col, sizes)
         held = holdout_attention(runs, method, "calibrate", sizes) if len(set(cells["size"])) >= 3 else pd.DataFrame()
@@ -68,6 +69,7 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
             ax.scatter(c["params"], c["value"], color=color, s=22)
             d = c[c["diverged"]]
             ax.scatter(d["params"], d["value"], color=color, marker="x", s=70)
+            shown |= {"diverged"} if not d.empty else set()
             fit = fit_log_poly(c["params"].to_numpy(), c["value"].to_numpy())
             if fit is not None:  # over the sizes it was fitted on, no further
                 xs = np.geomspace(c["params"].min(), c["params"].max(), 40)
@@ -75,18 +77,22 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
             if float(lr) in held.index and math.isfinite(held.at[float(lr), "predicted_logit"]):
                 ax.scatter([c["params"].max()], [held.at[float(lr), "predicted_logit"]], s=60,
                            facecolors="none", edgecolors=color, lw=1.5)
+                shown.add("predicted")
         level = float(held["threshold"].iloc[0]) if not held.empty else math.nan
         if math.isfinite(level):
             ax.axhline(level, color="red", ls=":", lw=1)
+            shown.add("level")
     g.set(xscale="log", yscale="log")
     size_ticks(g.axes.flat, {s: n for s, n in size_params(runs).items() if s in set(data["size"])})
     g.set_titles("{col_name}")
     g.set_axis_labels("non-embedding parameters", "early first-block max attention logit")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="--", label=f"LR {lr:g}") for lr, c in colors.items()]
-    handles += [plt.Line2D([], [], color="0.3", marker="x", ls="", label="diverged at that size"),
-                plt.Line2D([], [], color="0.3", marker="o", mfc="none", ls="", label="extrapolation: largest size\n"
-                           "predicted from the smaller"),
-                plt.Line2D([], [], color="red", ls=":", label="divergence level\n(calibrated on the smaller)")]
+    handles += [h for key, h in (
+        ("diverged", plt.Line2D([], [], color="0.3", marker="x", ls="", label="diverged at that size")),
+        ("predicted", plt.Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
+                                 label="extrapolation: largest size\npredicted from the smaller")),
+        ("level", plt.Line2D([], [], color="red", ls=":", label="divergence level\n(calibrated on the smaller)")),
+    ) if key in shown]
     g.figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return g.figure
 
