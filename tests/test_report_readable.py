@@ -141,3 +141,39 @@ def test_leaderboard_main_table_keeps_to_the_ranking(tmp_path):
     details = details[:details.index("</details>")]
     for s in ("s1", "s2", "s3"):
         assert f"LR sensitivity<br>{s}" in details
+
+
+def drawn_ticks(ax) -> list:
+    """The tick labels matplotlib draws: those within the view limits (it keeps others)."""
+    (x0, x1), (y0, y1) = sorted(ax.get_xlim()), sorted(ax.get_ylim())
+    return ([t for t in ax.get_xticklabels() if x0 <= t.get_position()[0] <= x1]
+            + [t for t in ax.get_yticklabels() if y0 <= t.get_position()[1] <= y1])
+
+
+def collisions(fig) -> list[tuple[str, str]]:
+    """Pairs of drawn labels (axis labels, titles, tick labels) whose boxes overlap."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    texts = [(t.get_text(), t.get_window_extent(renderer)) for ax in fig.axes if ax.axison
+             for t in (ax.xaxis.label, ax.yaxis.label, ax.title, *drawn_ticks(ax))
+             if t.get_visible() and t.get_text().strip()]
+    return [(a, b) for i, (a, box) in enumerate(texts) for b, other in texts[i + 1:] if box.overlaps(other)]
+
+
+def test_labels_do_not_collide(grid):
+    """The issue's log Z figure: each row's y label ran into the next; sizes within one decade
+    got minor tick labels (2x10^4, 3x10^4, ...) printed over each other."""
+    runs, histories = grid
+    runs = runs.assign(late_grad_rms=[1e-3 / (1 + p / 1e4) for p in runs["n_params_non_embedding"]],
+                       early_attn_logit=[3.0 * (1 + lr * 10) for lr in runs["lr"]])
+    scores = pd.DataFrame({"method": ["a", "a", "b", "b"], "size": SIZES * 2, "best_lr": 1e-2})
+    palette = F.method_palette(runs["method"])
+    figures = {
+        "log_z": F.training_curves(curve_runs(runs, scores, histories), "log_z_mean",
+                                   "mean log Z of the output logits", palette, {"errorbar": None}),
+        "grad_rms_vs_size": D.grad_rms_figure(runs, SIZES, 1e-2),
+        "instability_prediction": D.instability_figure(runs, SIZES),
+    }
+    for name, fig in figures.items():
+        assert collisions(fig) == [], name
+        F.plt.close(fig)
