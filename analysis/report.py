@@ -210,10 +210,18 @@ RUN_TABLE = [  # (column, header, formatter)
 ]
 
 
+EXTRAPOLATIONS = {  # a figure table's column (analysis/predict.py) that may leave the data -> a header that says so
+    "predicted_logit_2x": "extrapolation: logit at 2x the largest size",
+    "predicted_logit_4x": "extrapolation: logit at 4x the largest size",
+    "params_at_eps": "params where the fit reaches eps (an extrapolation unless within the sizes measured)",
+}
+
+
 def table_context(df: pd.DataFrame, max_rows: int = 60) -> dict:
-    """A small table: floats in 4 significant digits, at most max_rows rows."""
+    """A small table: floats in 4 significant digits, at most max_rows rows; a column that
+    extrapolates beyond the data is headed as an extrapolation."""
     shown = df.head(max_rows)
-    return {"columns": list(shown.columns), "more": max(len(df) - max_rows, 0),
+    return {"columns": [EXTRAPOLATIONS.get(c, c) for c in shown.columns], "more": max(len(df) - max_rows, 0),
             "rows": [[gen(v, 4) if isinstance(v, float) else ("" if _isnan(v) else str(v)) for v in row]
                      for row in shown.itertuples(index=False)]}
 

@@ -16,7 +16,7 @@ from analysis_synthetic import L0, PARAMS, noise, runs_table, write_results
 from analysis import diagnostics as D
 from analysis import figures as F
 from analysis.plots import curve_runs
-from analysis.report import empty_reason, eval_header, eval_value
+from analysis.report import empty_reason, eval_header, eval_value, table_context
 from analysis.runs import load_history, size_params
 
 SIZES = ["s1", "s2"]
@@ -96,6 +96,8 @@ def test_fits_stay_within_their_data_and_titles_state_no_number_outside_it(grid)
         F.plt.close(fig)
     assert D.eps_reached(pd.DataFrame({"params": [1e3, 1e4], "value": [1e-3, 1e-4]}), 1e-8) \
         == "eps 1e-08; above it over 1k-10k params"
+    headers = table_context(pd.DataFrame({"lr": [0.1], "params_at_eps": [5e16], "predicted_logit_4x": [9.0]}))
+    assert headers["columns"][0] == "lr" and all("extrapolation" in h for h in headers["columns"][1:])
 
 
 def test_a_panel_without_data_says_so_and_a_figure_without_any_is_marked(tmp_path):
