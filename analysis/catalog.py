@@ -32,5 +32,13 @@ def figure_file(name: str) -> str:
     return f"{name}.png"
 
 
+def svg_file(name: str) -> str:
+    """The same figure as SVG, written beside the PNG (scalable, for papers and slides)."""
+    return f"{name}.svg"
+
+
+EMPTY_KEY = "stabench-empty"  # PNG text key: the sentence a figure with nothing to draw says instead
+
+
 def table_file(name: str) -> str:
     return f"{name}.csv"

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from analysis.figures import ASPECT, HEIGHT, empty_figure
+from analysis.figures import ASPECT, HEIGHT, empty_figure, human, size_ticks
 from analysis.predict import fit_log_poly, holdout_attention, predict_log_poly, size_cells, size_where_crossing
 from analysis.probe_families import family_values
 from analysis.runs import size_params
@@ -46,8 +46,9 @@ def lr_colors(lrs) -> dict[float, tuple]:
 def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
     """Early attention logit vs non-embedding parameters, a panel per method, a colour per LR:
     dots = seed means, x = the LR diverged at that size, dashed = the fit on every size, open
-    circle = the largest size predicted from the smaller ones, red dotted = the level calibrated
-    on the smaller sizes (analysis/predict.py)."""
+    circle = the largest size predicted from the smaller ones (labelled as the extrapolation it
+    is), red dotted = the level calibrated on the smaller sizes (analysis/predict.py). Fits are
+    drawn over the sizes they were fitted on only."""
     col = "early_attn_logit"
     data = runs.dropna(subset=[col]) if col in runs else runs.iloc[0:0]
     if data.empty:
@@ -58,6 +59,7 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
     colors = lr_colors(data["lr"])
     g = sns.FacetGrid(data, col="method", col_wrap=min(COL_WRAP, data["method"].nunique()),
                       height=HEIGHT * 0.9, aspect=ASPECT, sharey=True)
+    shown = set()  # which markers some panel draws: the legend names only those
     for method, ax in g.axes_dict.items():
         cells = size_cells(runs, method, col, sizes)
         held = holdout_attention(runs, method, "calibrate", sizes) if len(set(cells["size"])) >= 3 else pd.DataFrame()
@@ -67,27 +69,38 @@ def instability_figure(runs: pd.DataFrame, sizes) -> plt.Figure:
             ax.scatter(c["params"], c["value"], color=color, s=22)
             d = c[c["diverged"]]
             ax.scatter(d["params"], d["value"], color=color, marker="x", s=70)
+            shown |= {"diverged"} if not d.empty else set()
             fit = fit_log_poly(c["params"].to_numpy(), c["value"].to_numpy())
-            if fit is not None:
-                xs = np.geomspace(c["params"].min(), c["params"].max() * 4, 40)
+            if fit is not None:  # over the sizes it was fitted on, no further
+                xs = np.geomspace(c["params"].min(), c["params"].max(), 40)
                 ax.plot(xs, [predict_log_poly(fit, x) for x in xs], color=color, ls="--", lw=1)
             if float(lr) in held.index and math.isfinite(held.at[float(lr), "predicted_logit"]):
                 ax.scatter([c["params"].max()], [held.at[float(lr), "predicted_logit"]], s=60,
                            facecolors="none", edgecolors=color, lw=1.5)
+                shown.add("predicted")
         level = float(held["threshold"].iloc[0]) if not held.empty else math.nan
         if math.isfinite(level):
             ax.axhline(level, color="red", ls=":", lw=1)
+            shown.add("level")
     g.set(xscale="log", yscale="log")
+    size_ticks(g.axes.flat, {s: n for s, n in size_params(runs).items() if s in set(data["size"])})
     g.set_titles("{col_name}")
     g.set_axis_labels("non-embedding parameters", "early first-block max attention logit")
     handles = [plt.Line2D([], [], color=c, marker="o", ls="--", label=f"LR {lr:g}") for lr, c in colors.items()]
+    handles += [h for key, h in (
+        ("diverged", plt.Line2D([], [], color="0.3", marker="x", ls="", label="diverged at that size")),
+        ("predicted", plt.Line2D([], [], color="0.3", marker="o", mfc="none", ls="",
+                                 label="extrapolation: largest size\npredicted from the smaller")),
+        ("level", plt.Line2D([], [], color="red", ls=":", label="divergence level\n(calibrated on the smaller)")),
+    ) if key in shown]
     g.figure.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     return g.figure
 
 
 def grad_rms_figure(runs: pd.DataFrame, sizes, lr: float) -> plt.Figure:
     """Late gradient RMS vs non-embedding parameters at one LR, a panel per method, with the
-    method's eps (dotted) and its own log-log fit (dashed), extended to where it reaches eps."""
+    method's eps (dotted) and its own log-log fit (dashed) over the sizes measured; the title
+    says whether it reaches eps there."""
     col = "late_grad_rms"
     data = runs[(runs["lr"] == lr) & ~runs["diverged"].astype(bool)].dropna(subset=[col]) if col in runs else runs.iloc[0:0]
     if data.empty:
@@ -109,17 +122,27 @@ def grad_rms_figure(runs: pd.DataFrame, sizes, lr: float) -> plt.Figure:
         if math.isfinite(eps) and eps > 0:
             ax.axhline(eps, color="0.4", ls=":", lw=1)
         fit = fit_log_poly(cells["params"].to_numpy(), cells["value"].to_numpy(), degree=1)
-        cross = size_where_crossing(cells["params"].to_numpy(), cells["value"].to_numpy(), eps)
-        if fit is not None:
-            hi = cells["params"].max() * (min(cross / cells["params"].max(), 1e3) if math.isfinite(cross) and
-                                          cross > cells["params"].max() else 4)
-            xs = np.geomspace(cells["params"].min(), hi, 40)
+        if fit is not None:  # over the sizes it was fitted on, no further
+            xs = np.geomspace(cells["params"].min(), cells["params"].max(), 40)
             ax.plot(xs, [predict_log_poly(fit, x) for x in xs], color="C0", ls="--", lw=1)
-        ax.set_title(f"{method}\neps {eps:g}; reaches it at {cross:.2g} params" if math.isfinite(cross)
-                     else f"{method}\neps {eps:g}", fontsize=9)
+        ax.set_title(f"{method}\n{eps_reached(cells, eps)}", fontsize=9)
     g.set(xscale="log", yscale="log")
+    size_ticks(g.axes.flat, {s: n for s, n in params.items() if s in set(data["size"])})
     g.set_axis_labels("non-embedding parameters", f"gradient RMS, last 20 %\n(peak LR {lr:g})")
     return g.figure
+
+
+def eps_reached(cells: pd.DataFrame, eps: float) -> str:
+    """Where the gradient-RMS fit meets eps, said only within the sizes measured (a crossing
+    far beyond them would be a number the data cannot back)."""
+    if not (math.isfinite(eps) and eps > 0):
+        return "no eps"
+    lo, hi = cells["params"].min(), cells["params"].max()
+    cross = size_where_crossing(cells["params"].to_numpy(), cells["value"].to_numpy(), eps)
+    if math.isfinite(cross) and lo <= cross <= hi:
+        return f"eps {eps:g}; the fit reaches it at {human(cross)} params"
+    side = "above" if cells["value"].min() > eps else "below" if cells["value"].max() < eps else "around"
+    return f"eps {eps:g}; {side} it over {human(lo)}-{human(hi)} params"
 
 
 def probe_long(runs: pd.DataFrame, histories: Mapping[str, pd.DataFrame], families: dict) -> pd.DataFrame:

@@ -2,7 +2,8 @@
 
 Chooses what each figure shows (the curve runs, the LR of the probe panels) from the runs,
 the scores and the benchmark's settings, and writes every catalogued file even when there is
-nothing to draw (Snakemake needs every declared output): an empty figure then says why. A
+nothing to draw (Snakemake needs every declared output): an empty figure then says why, and
+the report shows that sentence instead of the picture. A
 figure that fails to draw is replaced by one that names the error, so one bad panel never
 costs the report.
 """
@@ -30,19 +31,35 @@ CURVE_COLUMNS = ("loss", "log_z_mean")  # engine history columns drawn over trai
 
 def curve_runs(runs: pd.DataFrame, scores: pd.DataFrame, histories: dict) -> pd.DataFrame:
     """History rows of each method's best-LR cell and highest-LR cell at every size, all seeds
-    (columns method, size, which, seed, step and CURVE_COLUMNS)."""
+    (columns method, size, which, seed, step, diverged_at and CURVE_COLUMNS). diverged_at is
+    the step a diverged run diverged at (NaN otherwise); a diverged run without history keeps
+    one row, so its x is still drawn."""
     best = scores.set_index(["method", "size"])["best_lr"].to_dict() if not scores.empty else {}
     parts = []
     for (method, size), g in runs.groupby(["method", "size"]):
         lr_best = best.get((method, size), math.nan)
         for which, lr in (("best LR", lr_best), ("highest LR", g["lr"].max())):
             for r in g[g["lr"] == lr].itertuples():
-                h = histories.get(r.run_dir)
-                if h is None:
+                h = histories.get(r.run_dir, pd.DataFrame(columns=["step"]))
+                at = diverged_step(r, h)
+                if h.empty and math.isnan(at):
                     continue
                 cols = [c for c in CURVE_COLUMNS if c in h]
-                parts.append(h[["step", *cols]].assign(method=method, size=size, which=which, seed=r.seed))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["method", "size", "which", "seed", "step"])
+                part = h[["step", *cols]] if not h.empty else pd.DataFrame({"step": [at]})
+                parts.append(part.assign(method=method, size=size, which=which, seed=r.seed, diverged_at=at))
+    return (pd.concat(parts, ignore_index=True) if parts
+            else pd.DataFrame(columns=["method", "size", "which", "seed", "step", "diverged_at"]))
+
+
+def diverged_step(run, history: pd.DataFrame) -> float:
+    """The step a diverged run diverged at (its last recorded step when metrics.json has none,
+    0 without history); NaN for a run that did not diverge."""
+    if not bool(getattr(run, "diverged", False)):
+        return math.nan
+    at = getattr(run, "diverged_at_step", math.nan)
+    if at is not None and not pd.isna(at):
+        return float(at)
+    return float(history["step"].max()) if not history.empty else 0.0
 
 
 def spike_steps(runs: pd.DataFrame) -> dict[str, list]:
@@ -65,19 +82,22 @@ def prediction_table(runs: pd.DataFrame, sizes) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def draw_one(name: str, make, path: Path) -> bool:
-    """Draw figure ``name`` with ``make()`` and save it to path; when drawing fails, a placeholder
-    that says why is saved instead and one line goes to stderr (a report for any outcome).
-    True when the figure itself was drawn."""
+def draw_one(name: str, make, out: Path) -> bool:
+    """Draw figure ``name`` with ``make()`` and save it into folder out (PNG and SVG), a panel
+    without data saying so; when drawing fails, a placeholder that says why is saved instead
+    and one line goes to stderr (a report for any outcome). True when the figure itself was drawn."""
     title = catalog.FIGURES[name][0]
+    png, svg = out / catalog.figure_file(name), out / catalog.svg_file(name)
     try:
-        F.save_png(make(), path)
+        fig = make()
+        F.blank_empty_panels(fig)
+        F.save_figure(fig, png, svg)
         return True
     except Exception as exc:  # noqa: BLE001 -- any failure of one figure must leave the others and the report
         F.plt.close("all")
         why = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
         print(f"figure {name} could not be drawn ({why}); a placeholder is written instead", file=sys.stderr)
-        F.save_png(F.empty_figure(title, f"this figure could not be drawn: {why}"), path)
+        F.save_figure(F.empty_figure(title, f"this figure could not be drawn: {why}"), png, svg)
         return False
 
 
@@ -102,7 +122,7 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
                                                            danger=ATTN_LOGIT_DANGER),
             # a display choice: a diverging run shows its climb without flattening the others
             "loss_curves": lambda: F.training_curves(curves, "loss", f"training loss ({F.LOSS_UNIT})", palette,
-                                                     band, clip=1.5 * settings.l0),
+                                                     band, clip=1.5 * settings.l0, mark_at=settings.l0),
             "log_z": lambda: F.training_curves(curves, "log_z_mean", "mean log Z of the output logits", palette, band),
             "instability_prediction": lambda: D.instability_figure(runs, sizes),
             "grad_rms_vs_size": lambda: D.grad_rms_figure(runs, sizes, lr),
@@ -111,6 +131,6 @@ def draw_all(runs: pd.DataFrame, scores: pd.DataFrame, settings: Settings, out: 
         }
         tables = {"instability_prediction": prediction_table(runs, sizes), "grad_rms_fits": grad_rms_fits(runs, sizes)}
     for name in catalog.FIGURES:
-        draw_one(name, makers[name], out / catalog.figure_file(name))
+        draw_one(name, makers[name], out)
     for name in catalog.TABLES:
         write_dataframe_csv(out / catalog.table_file(name), tables[name])

@@ -6,8 +6,14 @@ the layout live in the template, and each figure's caption in workflow/report/fi
 (the file `snakemake --report` uses too), rendered from reStructuredText with docutils.
 
 Self-contained means it opens offline from an e-mail attachment or a CI artifact: CSS is
-inline, figures are base64 PNG data URIs, there is no JavaScript and no external URL. Jinja2
+inline, figures are base64 PNG data URIs, there is no JavaScript and no external URL. Each
+figure also links its SVG by a path relative to the report (there when the results folder
+travels with it). A figure with nothing to draw shows its sentence instead of a picture. Jinja2
 autoescapes every piece of text from runs, docs or settings.
+
+Readable for a researcher at 1280 px: the leaderboard's main table holds the ranking columns
+only; per-size sensitivities and zero-shot scores open in a details view, each zero-shot
+column named in words with a one-line legend that says which way is better.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import base64
 import datetime as _dt
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,6 +30,7 @@ import jinja2
 import pandas as pd
 import yaml
 from docutils.core import publish_parts
+from PIL import Image
 
 from stabench.io import write_text
 from analysis import catalog
@@ -64,6 +72,59 @@ def interval(lo, hi, fmt=num) -> str:
 
 def png_data_uri(path: Path | str) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def empty_reason(png: Path | str) -> str | None:
+    """The sentence a figure with nothing to draw carries (analysis.figures.save_figure), or None."""
+    with Image.open(png) as im:
+        return im.text.get(catalog.EMPTY_KEY) or None
+
+
+def figure_context(name: str, png: Path, out_html: Path, captions_dir, tables: list[dict]) -> dict:
+    """What the template shows of one figure: the embedded PNG, or its sentence when it has
+    nothing to draw, and the SVG beside it as a link relative to the report."""
+    title = catalog.FIGURES[name][0]
+    svg = Path(png).with_name(catalog.svg_file(name))
+    reason = empty_reason(png)
+    return {"name": name, "title": title, "empty": reason, "src": None if reason else png_data_uri(png),
+            "svg": os.path.relpath(svg, Path(out_html).resolve().parent) if svg.exists() and not reason else None,
+            "caption": caption_html(captions_dir, name), "tables": tables}
+
+
+TASK_NAMES = {  # lm-eval task -> what a reader calls it (stabench's own tasks: stabench/evaluation/tasks.py)
+    "stabench_cloze": "Cloze (last word)",
+    "stabench_continuation": "Next sentence (1 of 4)",
+}
+METRICS = {  # lm-eval metric -> (readable name, which way is better, what it measures)
+    "acc": ("accuracy", "higher", "share of examples answered right"),
+    "acc_norm": ("accuracy, length-normalised", "higher",
+                 "each ending's log-likelihood divided by its length in characters before picking"),
+    "ll": ("log-likelihood (nats)", "higher", "mean log-probability of the right answer; 0 is certain"),
+    "perplexity": ("perplexity", "lower", "exp(−log-likelihood) of the right answer; it grows exponentially, "
+                   "so a large one is also given as e^x, x being minus the log-likelihood in nats"),
+}
+HUGE_PERPLEXITY = 1e3  # above this a perplexity reads better as e^(−log-likelihood)
+
+
+def eval_header(column: str) -> dict:
+    """eval/<task>/<metric> (init_<metric>: before training) -> readable name, direction and
+    a one-line legend; an unknown task or metric keeps its own name."""
+    task, metric = column[len("eval/"):].rsplit("/", 1)
+    init = metric.startswith("init_")
+    base = metric[len("init_"):] if init else metric
+    name, better, what = METRICS.get(base, (base, "", ""))
+    return {"column": column, "task": TASK_NAMES.get(task, task), "metric": ("before training: " if init else "") + name,
+            "better": better, "what": what, "raw": f"{task} {metric}", "init": init}
+
+
+def eval_value(column: str, x) -> tuple[str, str]:
+    """A zero-shot value and its hint: a huge perplexity also as e^(nats), the scale it lives on
+    (7.3e+09 is a log-likelihood of −22.7 nats, not a broken number)."""
+    if "perplexity" not in column:
+        return num(x, 3), ""
+    if _isnan(x) or float(x) < HUGE_PERPLEXITY:
+        return gen(x, 4), ""
+    return gen(x, 2), f"= e^{math.log(float(x)):.1f}"
 
 
 def caption_html(captions_dir: Path | str | None, name: str) -> str:
@@ -113,7 +174,7 @@ def leaderboard_rows(lb: pd.DataFrame, sizes: list[str]) -> list[dict]:
             "best_loss": (num(r["best_loss"]), interval(r["best_loss_lo"], r["best_loss_hi"])),
             "best_lr": (gen(r["best_lr"]), interval(r["best_lr_lo"], r["best_lr_hi"], gen)),
             "diverged": f"{integer(r['diverged'])} / {integer(r['runs'])}",
-            "evals": [gen(r[c], 4) if "perplexity" in c else num(r[c], 3) for c in evals]})
+            "evals": [eval_value(c, r[c]) for c in evals]})
     return rows
 
 
@@ -127,17 +188,11 @@ def eval_context(runs: pd.DataFrame) -> dict | None:
         return None
     rows = rows.sort_values(["method", "size", "lr", "seed"], kind="stable")
     cols = eval_columns(runs, init=False) + eval_columns(runs, init=True)
-
-    def header(c: str) -> tuple[str, str]:
-        task, metric = c[len("eval/"):].rsplit("/", 1)
-        return task, ("init " + metric[len("init_"):] if metric.startswith("init_") else metric)
-
     skipped = sorted({p.strip() for t in runs.get("eval_skipped", pd.Series(dtype=str)).fillna("")
                       for p in str(t).split("; ") if p.strip()})
-    return {"headers": [header(c) for c in cols], "skipped": skipped,
+    return {"headers": [eval_header(c) for c in cols], "skipped": skipped,
             "rows": [{"method": r["method"], "size": r["size"], "lr": gen(r["lr"]), "seed": integer(r["seed"]),
-                      "status": r["eval_status"],
-                      "values": [gen(r[c], 4) if "perplexity" in c else num(r[c], 3) for c in cols]}
+                      "status": r["eval_status"], "values": [eval_value(c, r[c]) for c in cols]}
                      for _, r in rows.iterrows()]}
 
 
@@ -155,10 +210,18 @@ RUN_TABLE = [  # (column, header, formatter)
 ]
 
 
+EXTRAPOLATIONS = {  # a figure table's column (analysis/predict.py) that may leave the data -> a header that says so
+    "predicted_logit_2x": "extrapolation: logit at 2x the largest size",
+    "predicted_logit_4x": "extrapolation: logit at 4x the largest size",
+    "params_at_eps": "params where the fit reaches eps (an extrapolation unless within the sizes measured)",
+}
+
+
 def table_context(df: pd.DataFrame, max_rows: int = 60) -> dict:
-    """A small table: floats in 4 significant digits, at most max_rows rows."""
+    """A small table: floats in 4 significant digits, at most max_rows rows; a column that
+    extrapolates beyond the data is headed as an extrapolation."""
     shown = df.head(max_rows)
-    return {"columns": list(shown.columns), "more": max(len(df) - max_rows, 0),
+    return {"columns": [EXTRAPOLATIONS.get(c, c) for c in shown.columns], "more": max(len(df) - max_rows, 0),
             "rows": [[gen(v, 4) if isinstance(v, float) else ("" if _isnan(v) else str(v)) for v in row]
                      for row in shown.itertuples(index=False)]}
 
@@ -173,13 +236,13 @@ def build_report(out_html: Path | str, *, benchmark_name: str, settings: Setting
     sizes = [c[len("lr_sensitivity["):-1] for c in lb.columns if c.startswith("lr_sensitivity[")]
     seeds = int(runs_df["seed"].nunique()) if "seed" in runs_df and not runs_df.empty else 0
     figures = {}
-    for name, (title, section) in catalog.FIGURES.items():
+    for name, (_, section) in catalog.FIGURES.items():
         if name not in figure_pngs:
             continue
         tabs = [table_context(tables[t]) for t, fig in catalog.TABLES.items()
                 if fig == name and t in tables and not tables[t].empty]
-        figures.setdefault(section, []).append({"name": name, "title": title, "src": png_data_uri(figure_pngs[name]),
-                                                "caption": caption_html(captions_dir, name), "tables": tabs})
+        figures.setdefault(section, []).append(figure_context(name, Path(figure_pngs[name]), Path(out_html),
+                                                              captions_dir, tabs))
     prov = dict(provenance)
     prov.setdefault("generated", _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"))
     context = {
@@ -189,7 +252,7 @@ def build_report(out_html: Path | str, *, benchmark_name: str, settings: Setting
         "claims": claims_context(claims_df), "claim_rows": table_context(claims_df.drop(
             columns=[c for c in ("claim", "sentence", "source", "confidence") if c in claims_df]), max_rows=200),
         "leaderboard": leaderboard_rows(lb, sizes),
-        "eval_headers": [c[len("eval/"):].rsplit("/", 1) for c in lb.columns if c.startswith("eval/")],
+        "eval_headers": [eval_header(c) for c in lb.columns if c.startswith("eval/")],
         "flagged": [m for m, f in zip(lb["method"], lb.get("changes_lr_meaning", [])) if bool(f)],
         "never": list(lb.loc[lb.get("never_learned_sizes", pd.Series("", index=lb.index)).fillna("").astype(str) != "",
                              "method"]) if not lb.empty else [],

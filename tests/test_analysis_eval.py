@@ -46,5 +46,7 @@ def test_eval_scores_join_runs_leaderboard_and_report(tmp_path):
     assert board.set_index("method")["eval/stabench_cloze/acc"].to_dict() == pytest.approx({"a": 0.6, "b": 0.35})
     assert "eval/stabench_cloze/init_acc" not in board
     ctx = eval_context(runs)
-    assert ("stabench_cloze", "init acc") in ctx["headers"] and ctx["skipped"] == ["lambada_openai: offline"]
+    init = [h for h in ctx["headers"] if h["raw"] == "stabench_cloze init_acc"]
+    assert [(h["task"], h["metric"]) for h in init] == [("Cloze (last word)", "before training: accuracy")]
+    assert ctx["skipped"] == ["lambada_openai: offline"]
     assert pd.isna(runs.loc[runs["eval_status"] == "not selected", "eval/stabench_cloze/acc"]).all()

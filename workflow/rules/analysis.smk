@@ -1,6 +1,6 @@
 """runs -> runs.csv -> scores, leaderboard, claims, figures -> report.html (analysis/)."""
 
-from analysis.catalog import FIGURES, TABLES, figure_file, table_file
+from analysis.catalog import FIGURES, TABLES, figure_file, svg_file, table_file
 from analysis.claims import ClaimError, load_claims
 from analysis.settings import resolve as analysis_settings
 
@@ -101,7 +101,7 @@ rule claims:
 
 
 rule figures:
-    """runs and scores -> the report's figures (seaborn PNGs) and prediction tables."""
+    """runs and scores -> the report's figures (seaborn PNGs, each with its SVG) and prediction tables."""
     input:
         runs=rules.aggregate.output,
         scores=rules.score.output.scores,
@@ -110,6 +110,7 @@ rule figures:
     output:
         **{name: report(f"{RESULTS}/figures/{figure_file(name)}", category="Figures",
                         caption=f"../report/figures/{name}.rst", labels={"figure": name}) for name in FIGURES},
+        **{f"svg_{name}": f"{RESULTS}/figures/{svg_file(name)}" for name in FIGURES},
         **{f"table_{name}": f"{RESULTS}/figures/{table_file(name)}" for name in TABLES},
     params:
         python=PYTHON,
