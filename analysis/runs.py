@@ -27,7 +27,7 @@ RUN_COLUMNS = [
     "steps", "planned_steps", "tokens", "wall_seconds", "tokens_per_second",
     "max_attn_logit", "final_log_z", "n_params", "n_params_non_embedding",
     "vocab_size", "d_model", "n_layers", "eps", "loss_spikes",
-    "changes_lr_meaning", "method_versions", "run_dir",
+    "changes_lr_meaning", "method_versions", "run_dir", "identity",
 ]
 
 
@@ -132,6 +132,9 @@ def run_row(metrics: dict, run_dir: Path | str) -> dict:
         # Which method versions produced this row (e.g. "a@1+b@2").
         "method_versions": "+".join(f"{m.get('name')}@{m.get('version')}" for m in methods),
         "run_dir": str(run_dir),
+        # What the run computed (stabench.runspec), without the benchmark's or method's name:
+        # a reference result (stabench.reference) stands for a run of the same identity.
+        "identity": str(metrics.get("identity") or ""),
     }
 
 
