@@ -233,6 +233,20 @@ def cmd_describe(args) -> int:
     return 0
 
 
+def _note(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=TEXT")
+    return text
+
+
+def cmd_make_reference(args) -> int:
+    from .reference import make_reference
+    notes = dict(note.split("=", 1) for note in args.note)
+    out = make_reference(args.results, args.out, notes)
+    print(f"wrote the reference results of {args.results} to {out}")
+    return 0
+
+
 def cmd_build_tasks(args) -> int:
     from .evaluation.tasks import build_tasks
 
@@ -385,6 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--out", type=Path, required=True, help="folder for the three files")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("make-reference", help="copy a finished workflow run's tables as reference results "
+                       "(runs.csv, leaderboard.csv, claims.csv, provenance.json)")
+    p.add_argument("results", type=Path, help="the run's results/<benchmark>/ folder")
+    p.add_argument("--out", type=Path, required=True, help="the reference folder, e.g. reference/cpu")
+    p.add_argument("--note", action="append", default=[], type=_note, metavar="KEY=TEXT",
+                   help="a line for provenance.json, e.g. 'wall time=16 min on 2 cores' (repeatable)")
+    p.set_defaults(func=cmd_make_reference)
 
     p = sub.add_parser("build-tasks", help="build the offline zero-shot tasks from the held-out documents")
     common(p)

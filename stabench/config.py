@@ -224,9 +224,15 @@ def inside(path: str | Path, root: str | Path) -> Path:
     return Path(path)
 
 
-# The workflow's --config keys: default and least value (benchmark: a name or a path).
+# The workflow's --config keys: default and least value (benchmark: a name or a path;
+# reference: a folder of shipped results, reference/<name> or a path, none by default).
 WORKFLOW_SETTINGS = {"benchmark": ("cpu", None), "train_threads": (1, 1), "gpus": (0, 0), "runs_per_gpu": (1, 1),
-                     "pack": ("auto", 0)}
+                     "pack": ("auto", 0), "reference": (None, None)}
+
+# Shipped reference results (stabench.reference): reference/<name>/ of the repository, or of the
+# current directory (looked in first).
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
+REFERENCE_TABLE = "runs.csv"
 
 
 def workflow_settings(config: dict) -> dict:
@@ -243,6 +249,9 @@ def workflow_settings(config: dict) -> dict:
             value = int(value)
         if key == "pack" and value in ("all", "auto"):  # every run of a (method, size) in one ensemble;
             settings[key] = value                        # packs where they pay (stabench.resources.pack_pays)
+            continue
+        if key == "reference":
+            settings[key] = None if value is None else str(resolve_reference_dir(value))
             continue
         if least is None:
             if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
@@ -268,6 +277,20 @@ def resolve_benchmark_path(name_or_path: str | Path) -> Path:
                 return candidate
     known = sorted({p.stem for folder in folders for p in folder.glob("*.yaml") if p.stem != "schema"})
     raise ConfigError(f"benchmark {str(name_or_path)!r} not found; known: {', '.join(known)}")
+
+
+def resolve_reference_dir(name_or_path) -> Path:
+    """A folder of reference results (one that holds a runs.csv): a path, or a name under
+    ./reference/ or the repository's reference/; else a one-line ConfigError naming those known."""
+    if not isinstance(name_or_path, (str, int)) or isinstance(name_or_path, bool) or str(name_or_path) == "":
+        raise ConfigError(f"--config reference={name_or_path!r}: allowed: a folder name under reference/ or a path")
+    folders = [Path.cwd() / "reference", REFERENCE_DIR]
+    for candidate in (Path(str(name_or_path)), *(folder / str(name_or_path) for folder in folders)):
+        if (candidate / REFERENCE_TABLE).is_file():
+            return candidate
+    known = sorted({p.parent.name for folder in folders for p in folder.glob(f"*/{REFERENCE_TABLE}")})
+    raise ConfigError(f"--config reference={name_or_path}: no such folder with a {REFERENCE_TABLE} "
+                      f"(a path, or a name under reference/); known: {', '.join(known) or 'none'}")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -47,8 +47,8 @@ LAYERS = {
     "evaluation.runner": 8, "evaluation.lm_eval_cli": 8,
     # a finished run written as a Hugging Face model
     "export": 8,
-    # a whole benchmark: loaded for use, its resources, speed and provenance
-    "benchmark": 9, "resources": 9, "speed": 9, "provenance": 9,
+    # a whole benchmark: loaded for use, its resources, speed, provenance and reference results
+    "benchmark": 9, "resources": 9, "speed": 9, "provenance": 9, "reference": 9,
     # the command line
     "cli": 10, "__main__": 10,
 }

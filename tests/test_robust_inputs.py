@@ -260,6 +260,8 @@ def test_tokenizer_typo_fails_fast_without_the_hub(tmp_path, monkeypatch):
     ({"gpus": 1.5}, ["gpus=1.5"]),
     ({"pack": 2}, ["pack=2", "0, 1, all or auto"]),
     ({"benchmark": None}, ["benchmark=None"]),
+    ({"reference": "no_such_reference"}, ["reference=no_such_reference", "no such folder", "known: "]),
+    ({"reference": ""}, ["reference=''"]),
 ])
 def test_workflow_config_is_checked(config, words):
     with pytest.raises(ConfigError) as err:
@@ -270,7 +272,7 @@ def test_workflow_config_is_checked(config, words):
 
 def test_workflow_config_defaults_and_values():
     assert workflow_settings({}) == {"benchmark": "cpu", "train_threads": 1, "gpus": 0, "runs_per_gpu": 1,
-                                     "pack": "auto"}
+                                     "pack": "auto", "reference": None}
     assert workflow_settings({"pack": False, "train_threads": 2})["pack"] == 0
 
 
