@@ -2,6 +2,7 @@
 
     snakemake --cores 2                              # the default benchmark (cpu)
     snakemake --cores 2 --config benchmark=smoke     # any benchmarks/<name>.yaml, or a path
+    snakemake --cores 2 --config benchmark=mine reference=cpu   # take the runs reference/cpu/ has, train the rest
 
 Rules live in workflow/rules/; every arrow of the flow (docs/architecture.md) is a rule, so a rerun does
 only what changed and a new method trains only its own runs.

@@ -1,6 +1,7 @@
 """Command-line entry points called by the Snakemake rules (`python -m analysis ...`).
 
-    python -m analysis aggregate --metrics M1 M2 ... [--evals E1 ...] --benchmark-yaml B --runs-csv runs.csv
+    python -m analysis aggregate --metrics M1 M2 ... [--evals E1 ...] [--reference-rows R] --benchmark-yaml B \
+        --runs-csv runs.csv
     python -m analysis score --runs-csv runs.csv --benchmark-yaml B --scores-csv S --leaderboard-csv L
     python -m analysis claims --runs-csv runs.csv --benchmark-yaml B --claims-dir claims/ --claims-csv C
     python -m analysis figures --runs-csv runs.csv --scores-csv S --benchmark-yaml B --outdir figures/
@@ -32,14 +33,15 @@ from analysis.settings import Settings, resolve
 
 def read_table(path: Path | str) -> pd.DataFrame:
     """Read one of our CSVs back with bool and text columns restored (CSV loses dtypes)."""
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={"identity": str})  # a hex identity of digits only stays text
     for col in ("diverged", "changes_lr_meaning", "complete", "rank_shared", "never_learned"):
         if col in df and not pd.api.types.is_integer_dtype(df[col]):  # the leaderboard's diverged is a count
             df[col] = as_bool(df[col])
     for col in ("method", "size", "uses"):
         if col in df:
             df[col] = df[col].astype(str)
-    for col in ("method_versions", "missing_sizes", "never_learned_sizes", "status", "eval_status", "eval_skipped"):
+    for col in ("method_versions", "missing_sizes", "never_learned_sizes", "status", "eval_status", "eval_skipped",
+                "identity", "source"):
         if col in df:
             df[col] = as_text(df[col])
     return df
@@ -53,22 +55,35 @@ def settings_for(benchmark_yaml: str, runs: pd.DataFrame) -> Settings:
     return resolve(read_benchmark(benchmark_yaml), runs)
 
 
-def aggregate(metrics: list[str], evals: list[str], benchmark_yaml: str, runs_csv: str) -> None:
+def aggregate(metrics: list[str], evals: list[str], benchmark_yaml: str, runs_csv: str,
+              reference_rows: str | None = None) -> None:
+    """runs.csv from the trained runs (and their eval records), and the rows of the runs taken
+    from reference results (stabench.reference: rows as the reference computed them, l0 and
+    effective loss recomputed with this benchmark's l0). Column source: trained or reference."""
     from analysis.probe_families import declared_families
     from analysis.run_stats import add_run_stats
     from analysis.runs import collect_runs, join_evals, load_history, with_effective_loss
     runs = collect_runs([Path(p) for p in metrics])
     if evals:
         runs = join_evals(runs, [Path(p) for p in evals])
-    runs = with_effective_loss(runs, settings_for(benchmark_yaml, runs).l0)
+    reference = read_table(reference_rows) if reference_rows else runs.iloc[:0]
+    l0 = settings_for(benchmark_yaml, pd.concat([runs, reference], ignore_index=True)).l0
+    runs = with_effective_loss(runs, l0)
     histories = {d: load_history(d) for d in runs["run_dir"] if (Path(d) / "history.csv").exists()}
-    tables.write_runs_csv(runs_csv, add_run_stats(runs, histories, declared_families(runs["run_dir"])),
-                          {"metrics": list(map(str, metrics)), "evals": list(map(str, evals or [])),
-                           "benchmark_yaml": str(benchmark_yaml)})
+    runs = add_run_stats(runs, histories, declared_families(runs["run_dir"])).assign(source="trained")
+    if len(reference):
+        reference = with_effective_loss(reference, l0).assign(source="reference")
+        runs = pd.concat([runs, reference], ignore_index=True) if len(runs) else reference
+        runs = runs.sort_values(["method", "size", "lr", "seed"], kind="stable").reset_index(drop=True)
+    sources = {"metrics": list(map(str, metrics)), "evals": list(map(str, evals or [])),
+               "benchmark_yaml": str(benchmark_yaml)}
+    if reference_rows:
+        sources["reference_rows"] = str(reference_rows)
+    tables.write_runs_csv(runs_csv, runs, sources)
 
 
 def cmd_aggregate(a: argparse.Namespace) -> None:
-    aggregate(a.metrics, a.evals, a.benchmark_yaml, a.runs_csv)
+    aggregate(a.metrics, a.evals, a.benchmark_yaml, a.runs_csv, a.reference_rows)
 
 
 def read_runs(path: Path | str) -> pd.DataFrame:
@@ -82,7 +97,7 @@ def read_runs(path: Path | str) -> pd.DataFrame:
             raise SystemExit(f"analysis: error: {path}: {problem}; cannot rebuild it here{gone}: run the "
                              "workflow (or python -m analysis aggregate) again")
         print(f"analysis: {path}: {problem}; rebuilt from its {len(src['metrics'])} metrics files", file=sys.stderr)
-        aggregate(src["metrics"], src["evals"], src["benchmark_yaml"], str(path))
+        aggregate(src["metrics"], src["evals"], src["benchmark_yaml"], str(path), src.get("reference_rows"))
     return read_table(path)
 
 
@@ -132,7 +147,8 @@ def cmd_report(a: argparse.Namespace) -> None:
                  settings=settings, leaderboard_df=read_table(a.leaderboard_csv), runs_df=runs,
                  costs=job_costs(a.job_times or []),
                  claims_df=pd.read_csv(a.claims_csv), figure_pngs=figs, tables=tables, captions_dir=a.captions_dir,
-                 method_docs=_read_json(a.method_docs), benchmark=benchmark, provenance=_read_json(a.provenance))
+                 method_docs=_read_json(a.method_docs), benchmark=benchmark, provenance=_read_json(a.provenance),
+                 reference=_read_json(a.reference_results) or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evals", nargs="*", default=[],
                    help="zero-shot eval records (stabench eval) to join as eval/<task>/<metric> columns")
     s.add_argument("--benchmark-yaml", **bench)
+    s.add_argument("--reference-rows",
+                   help="rows of runs taken from reference results (the workflow's reference_runs.csv)")
     s.add_argument("--runs-csv", required=True)
     s.set_defaults(func=cmd_aggregate)
 
@@ -180,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method-docs", help="JSON file: {method label: docstring}")
     s.add_argument("--provenance", help="JSON file: {key: value} (versions, git commit, date)")
     s.add_argument("--job-times", nargs="*", help="Snakemake benchmark files of the train and eval jobs")
+    s.add_argument("--reference-results",
+                   help="JSON file: where the runs taken from reference results came from (the workflow's reference.json)")
     s.add_argument("--out", required=True)
     s.set_defaults(func=cmd_report)
     return p

@@ -196,6 +196,26 @@ def eval_context(runs: pd.DataFrame) -> dict | None:
                      for _, r in rows.iterrows()]}
 
 
+def reference_context(runs: pd.DataFrame, reference: Mapping | None) -> dict | None:
+    """Which runs were taken from reference results (runs.csv source: reference), per method,
+    and where from (commit, machine, date); None when every run was trained here."""
+    if "source" not in runs or not (runs["source"].astype(str) == "reference").any():
+        return None
+    from_ref = runs["source"].astype(str) == "reference"
+    methods = []
+    for method, group in runs.groupby("method", sort=False):
+        ref = from_ref[group.index]
+        if ref.any():
+            sizes = list(dict.fromkeys(group.loc[ref, "size"].astype(str)))
+            methods.append({"method": method, "all": bool(ref.all()), "sizes": ", ".join(sizes)})
+    about = dict(reference or {})
+    prov = dict(about.get("provenance") or {})
+    return {"n": int(from_ref.sum()), "methods": methods, "folder": about.get("folder", ""),
+            "commit": prov.get("git commit", ""), "machine": prov.get("machine") or prov.get("host", ""),
+            "date": str(prov.get("date", ""))[:10], "benchmark": prov.get("benchmark", ""),
+            "trained": sorted(set(runs.loc[~from_ref, "method"].astype(str)))}
+
+
 RUN_TABLE = [  # (column, header, formatter)
     ("method", "Method", str), ("size", "Size", str), ("lr", "Peak LR", gen), ("seed", "Seed", integer),
     ("final_val_loss", "Final val loss", num), ("effective_loss", "Scored loss min(l, l0)", num),
@@ -206,7 +226,7 @@ RUN_TABLE = [  # (column, header, formatter)
     ("wall_seconds", "Wall time (s)", lambda x: num(x, 1)), ("tokens_per_second", "Tokens/s", integer),
     ("max_attn_logit", "Max attn logit", gen), ("final_log_z", "Final log Z", lambda x: num(x, 3)),
     ("loss_spikes", "Loss spikes", integer), ("n_params_non_embedding", "Non-emb. params", integer),
-    ("method_versions", "Versions", str), ("run_dir", "Run folder", str),
+    ("method_versions", "Versions", str), ("run_dir", "Run folder", str), ("source", "Source", str),
 ]
 
 
@@ -230,8 +250,9 @@ def build_report(out_html: Path | str, *, benchmark_name: str, settings: Setting
                  runs_df: pd.DataFrame, claims_df: pd.DataFrame, figure_pngs: Mapping[str, Path | str],
                  tables: Mapping[str, pd.DataFrame], captions_dir: Path | str | None,
                  method_docs: Mapping[str, str], benchmark: Mapping, provenance: Mapping,
-                 costs: pd.DataFrame | None = None) -> None:
-    """Render the template to out_html (atomically)."""
+                 costs: pd.DataFrame | None = None, reference: Mapping | None = None) -> None:
+    """Render the template to out_html (atomically). ``reference``: where the runs whose source
+    is reference came from (the workflow's reference.json)."""
     lb = leaderboard_df
     sizes = [c[len("lr_sensitivity["):-1] for c in lb.columns if c.startswith("lr_sensitivity[")]
     seeds = int(runs_df["seed"].nunique()) if "seed" in runs_df and not runs_df.empty else 0
@@ -257,6 +278,7 @@ def build_report(out_html: Path | str, *, benchmark_name: str, settings: Setting
         "never": list(lb.loc[lb.get("never_learned_sizes", pd.Series("", index=lb.index)).fillna("").astype(str) != "",
                              "method"]) if not lb.empty else [],
         "figures": figures, "eval": eval_context(runs_df),
+        "reference": reference_context(runs_df, reference),
         "runs": {"headers": [h for c, h, _ in RUN_TABLE if c in runs_df],
                  "rows": [[f(r[c]) for c, _, f in RUN_TABLE if c in runs_df] for _, r in runs_df.iterrows()]},
         "costs": [{"method": r.method, "train": f"{num(r.train_seconds / 60, 1)} min" if not _isnan(r.train_seconds) else "—",

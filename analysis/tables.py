@@ -20,7 +20,8 @@ from stabench.io import read_table_record, table_record_damage, write_dataframe_
 
 
 def input_paths(sources: dict) -> list[str]:
-    return [*sources.get("metrics", []), *sources.get("evals", []), sources["benchmark_yaml"]]
+    return [*sources.get("metrics", []), *sources.get("evals", []), sources["benchmark_yaml"],
+            *([sources["reference_rows"]] if sources.get("reference_rows") else [])]
 
 
 def inputs_digest(sources: dict) -> str:

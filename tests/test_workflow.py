@@ -225,6 +225,94 @@ def test_a_result_forced_into_a_workflow_folder_is_refused_by_the_analysis(smoke
     assert proc.returncode != 0 and "metrics.json holds run" in (work / "results/smoke/logs/aggregate.log").read_text()
 
 
+# ---- reference results: rank a new method against runs trained elsewhere ---------------------
+
+def make_reference(smoke_results: Path, out: Path) -> Path:
+    """The smoke run's tables as reference results (stabench make-reference)."""
+    proc = subprocess.run([sys.executable, "-m", "stabench", "make-reference", str(smoke_results / "results" / "smoke"),
+                           "--out", str(out), "--note", "wall time=a test"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+def copy_of_smoke(work: Path, name: str, smoke_results: Path, **changes) -> None:
+    """A copy of the smoke benchmark under another name in ``work``/benchmarks, with ``changes``
+    (section -> new value), and the smoke run's prepared data (the same data settings: the copy
+    prepares nothing)."""
+    bench = smoke_bench()
+    bench.update(name=name, **changes)
+    (work / "benchmarks").mkdir(parents=True)
+    (work / "benchmarks" / f"{name}.yaml").write_text(yaml.safe_dump(bench))
+    for folder in ("data", "eval_tasks"):
+        shutil.copytree(smoke_results / "results" / "smoke" / folder, work / "results" / name / folder)
+
+
+def test_reference_results_rank_a_new_method_without_training_the_reference(smoke_results, tmp_path):
+    """Issue 23: a user adds one method to a copy of the benchmark (another name) and points
+    --config reference= at shipped results: only the new method trains and is evaluated, and the
+    leaderboard ranks it with the reference's methods, whose rows are the reference's."""
+    reference = make_reference(smoke_results, tmp_path / "reference")
+    assert {"runs.csv", "leaderboard.csv", "claims.csv", "provenance.json"} <= {p.name for p in reference.iterdir()}
+    provenance = json.loads((reference / "provenance.json").read_text())
+    assert provenance["benchmark"] == "smoke" and provenance["git commit"] and provenance["machine"]
+    work = tmp_path / "user"
+    bench = smoke_bench()
+    copy_of_smoke(work, "mine", smoke_results, methods=[*bench["methods"], "z_loss"])
+    config = ["--config", "benchmark=mine", f"reference={reference}"]
+
+    dry = snakemake(work, "-n", "--cores", "2", *config)
+    jobs = job_counts(dry)
+    assert jobs["train_pack"] == len(bench["sizes"]) and jobs["evaluate"] == len(bench["sizes"])
+    assert {w["method"] for w in job_wildcards(dry, "train_pack")} == {"z_loss"}
+    assert {w["method"] for w in job_wildcards(dry, "evaluate")} == {"z_loss"}
+    assert "prepare_data" not in jobs and "train" not in jobs and jobs["reference_rows"] == 1
+
+    snakemake(work, "--cores", "2", *config)
+    results = work / "results" / "mine"
+    assert not (results / "runs" / "baseline").exists()  # nothing of the reference trained here
+    runs = pd.read_csv(results / "runs.csv", dtype={"identity": str})
+    shipped = pd.read_csv(reference / "runs.csv", dtype={"identity": str})
+    assert len(runs) == len(shipped) + len(bench["sizes"]) * len(bench["learning_rates"])
+    assert set(runs.loc[runs["source"] == "trained", "method"]) == {"z_loss"}
+    from_ref = runs[runs["source"] == "reference"].set_index("identity")
+    assert set(from_ref.index) == set(shipped["identity"])
+    for column in ("final_val_loss", "eval/stabench_cloze/acc"):
+        pd.testing.assert_series_equal(from_ref[column].sort_index(), shipped.set_index("identity")[column].sort_index(),
+                                       check_names=False, rtol=1e-9)
+    board = pd.read_csv(results / "leaderboard.csv")
+    assert sorted(board["method"]) == sorted([*bench["methods"], "z_loss"])
+    assert list(board["rank"]) == list(range(1, len(board) + 1))
+    shipped_board = pd.read_csv(reference / "leaderboard.csv").set_index("method")
+    for method in bench["methods"]:  # a reference method scores as it did where it was trained
+        assert board.set_index("method").loc[method, "lr_sensitivity"] == \
+            pytest.approx(shipped_board.loc[method, "lr_sensitivity"], rel=1e-9)
+    html = (results / "report.html").read_text()
+    assert 'id="reference"' in html and provenance["git commit"] in html and "b-ref" in html
+    assert "could not be drawn" not in (results / "logs" / "figures.log").read_text()
+    assert "Nothing to be done" in (lambda p: p.stdout + p.stderr)(snakemake(work, "-n", "--cores", "2", *config))
+
+
+def test_a_reference_run_of_other_settings_is_not_used(smoke_results, tmp_path):
+    """A run whose identity is not in the reference (here: train.steps changed) trains, whatever
+    its name; a (method, size) with one such run trains whole."""
+    reference = make_reference(smoke_results, tmp_path / "reference")
+    work = tmp_path / "user"
+    bench = smoke_bench()
+    copy_of_smoke(work, "longer", smoke_results, train={**bench["train"], "steps": bench["train"]["steps"] + 1})
+    dry = snakemake(work, "-n", "--cores", "2", "--config", "benchmark=longer", f"reference={reference}")
+    jobs = job_counts(dry)
+    assert jobs["train_pack"] == len(bench["methods"]) * len(bench["sizes"]) and "reference_rows" not in jobs
+    # One reference row of another identity: that (method, size) trains, the rest come from the reference.
+    shipped = pd.read_csv(reference / "runs.csv", dtype={"identity": str})
+    shipped.loc[0, "identity"] = "0" * 16
+    shipped.to_csv(reference / "runs.csv", index=False)
+    copy_of_smoke(tmp_path / "same", "same", smoke_results)
+    dry = snakemake(tmp_path / "same", "-n", "--cores", "2", "--config", "benchmark=same", f"reference={reference}")
+    assert [(w["method"], w["size"]) for w in job_wildcards(dry, "train_pack")] == \
+        [(shipped.loc[0, "method"], shipped.loc[0, "size"])]
+
+
 # ---- one run identity: a new size retrains exactly what it changes ----------------------------
 
 WIDTH_RELATIVE = ["sp_per_layer_lr", "everett_mup", "eps_width_scaled", "mup_simple", "mup_full"]

@@ -37,24 +37,53 @@ rule describe:
         "{params.python} -m stabench describe {input.benchmark} --out {params.out} > {log} 2>&1"
 
 
+# Runs taken from reference results (common.smk, stabench.reference): their rows, and where
+# they came from (for the report).
+REFERENCE_ROWS = [f"{RESULTS}/reference_runs.csv"] if REFERENCE_RUNS else []
+REFERENCE_JSON = [f"{RESULTS}/reference.json"] if REFERENCE_RUNS else []
+
+if REFERENCE_RUNS:
+    from stabench.reference import write_rows
+    from stabench.io import write_json
+
+    rule reference_rows:
+        """The reference's rows of the runs taken from it (relabelled as this grid names them),
+        and its provenance; reruns when the set of runs taken changes."""
+        input:
+            table=str(REFERENCE.folder / "runs.csv"),
+        output:
+            rows=REFERENCE_ROWS[0],
+            about=REFERENCE_JSON[0],
+        params:
+            runs=json.dumps({"/".join(run): identity for run, identity in sorted(REFERENCE_RUNS.items())}),
+        run:
+            write_rows(output.rows, REFERENCE, REFERENCE_RUNS)
+            write_json(output.about, {"folder": str(REFERENCE.folder), "describe": REFERENCE.describe(),
+                                      "provenance": REFERENCE.provenance,
+                                      "taken": [list(pair) for pair in sorted(FROM_REFERENCE)]})
+
+
 rule aggregate:
-    """All runs' metrics and histories (+ zero-shot eval records) -> runs.csv (a row per run,
-    with the benchmark's l0, effective losses and per-run probe statistics)."""
+    """The trained runs' metrics and histories (+ zero-shot eval records), and the rows taken
+    from reference results -> runs.csv (a row per run, with the benchmark's l0, effective losses
+    and per-run probe statistics)."""
     input:
         metrics=ALL_METRICS,
         evals=EVALS,
+        reference=REFERENCE_ROWS,
         benchmark=rules.describe.output.benchmark,
         code=ANALYSIS_CODE,
     output:
         f"{RESULTS}/runs.csv",
     params:
         python=PYTHON,
+        reference=lambda wildcards, input: f"--reference-rows {input.reference}" if input.reference else "",
     conda:
         ENV
     log:
         f"{RESULTS}/logs/aggregate.log",
     shell:
-        "{params.python} -m analysis aggregate --metrics {input.metrics} --evals {input.evals}"
+        "{params.python} -m analysis aggregate --metrics {input.metrics} --evals {input.evals} {params.reference}"
         " --benchmark-yaml {input.benchmark} --runs-csv {output} > {log} 2>&1"
 
 
@@ -137,10 +166,12 @@ rule report:
         code=ANALYSIS_CODE,
         captions=[f"{CAPTIONS_DIR}/{name}.rst" for name in FIGURES],
         job_times=job_times(),
+        reference=REFERENCE_JSON,
     output:
         report(f"{RESULTS}/report.html", category="Report", caption="../report/report.rst"),
     params:
         python=PYTHON,
+        reference=lambda wildcards, input: f"--reference-results {input.reference}" if input.reference else "",
         figures_dir=lambda wildcards, input: str(Path(input.figures[0]).parent),
         captions_dir=lambda wildcards, input: str(Path(input.captions[0]).parent),
     conda:
@@ -151,4 +182,4 @@ rule report:
         "{params.python} -m analysis report --leaderboard-csv {input.leaderboard} --runs-csv {input.runs}"
         " --claims-csv {input.claims} --figures-dir {params.figures_dir} --captions-dir {params.captions_dir}"
         " --benchmark-yaml {input.benchmark} --method-docs {input.docs} --provenance {input.provenance}"
-        " --job-times {input.job_times} --out {output} > {log} 2>&1"
+        " --job-times {input.job_times} {params.reference} --out {output} > {log} 2>&1"

@@ -16,6 +16,7 @@ from stabench import paths
 from stabench.benchmark import load_for_use
 from stabench.config import ConfigError, inside, method_specs, resolve_benchmark_path, slug_pattern, workflow_settings
 from stabench.methods import MethodError, load_stack
+from stabench.reference import load_reference, pairs_from_reference
 from stabench.resources import pack_pays
 from stabench.runspec import resolve_run
 
@@ -116,19 +117,20 @@ def runs_of(method, size):
 def job_times():
     """The benchmark files of every train and eval job (Snakemake's wall time and peak memory)."""
     packs = [f"{RESULTS}/benchmarks/train/{m}/{s}/{PACK_JOB.format(seed=seed)}.tsv"
-             for m in METHODS for s in PACKED_SIZES for seed in (SEEDS[:1] if PACK == "all" else SEEDS)]
+             for m in METHODS for s in PACKED_SIZES for seed in (SEEDS[:1] if PACK == "all" else SEEDS)
+             if (m, s) not in FROM_REFERENCE]
     single = [f"{RESULTS}/benchmarks/train/{paths.run_name(m, s, lr, seed)}.tsv"
-              for m in METHODS for s in SINGLE_SIZES for lr in LRS for seed in SEEDS]
+              for m in METHODS for s in SINGLE_SIZES for lr in LRS for seed in SEEDS if (m, s) not in FROM_REFERENCE]
     train = packs + single
-    evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES],
+    evals = {"best": [f"{RESULTS}/benchmarks/eval/{m}/{s}.tsv" for m in METHODS for s in SIZES
+                      if (m, s) not in FROM_REFERENCE],
              "all": [f"{RESULTS}/benchmarks/eval/{paths.run_name(m, s, lr, seed)}.tsv"
-                     for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS],
+                     for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS if (m, s) not in FROM_REFERENCE],
              "none": []}[BENCHMARK["eval"]["runs"]]
     return train + evals
 
 
 GRID = [(m, s, lr, seed) for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]
-ALL_METRICS = [f"{run_dir(*run)}/metrics.json" for run in GRID]
 
 
 def world_size(size):
@@ -157,3 +159,27 @@ def spec_of(method, size, lr, seed):
     if (method, size, lr, seed) not in SPECS:
         raise WorkflowError(f"{run_dir(method, size, lr, seed)} is not a run of benchmark {NAME!r}")
     return SPECS[(method, size, lr, seed)]
+
+
+# Reference results (--config reference=<name or path>, stabench.reference): a (method, size)
+# whose runs all have their identity (what they compute, not the benchmark's or method's name)
+# in the reference's runs.csv, under the same eval settings, is taken from it: not trained, not
+# evaluated; its rows join runs.csv (source: reference). Every other run trains as usual.
+REFERENCE = None
+FROM_REFERENCE = set()  # (method, size) pairs taken from the reference
+if SETTINGS["reference"]:
+    try:
+        REFERENCE = load_reference(SETTINGS["reference"])
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
+    FROM_REFERENCE = pairs_from_reference(REFERENCE, {run: spec.identity for run, spec in SPECS.items()},
+                                          BENCHMARK["eval"])
+    if not REFERENCE.eval_matches(BENCHMARK["eval"]):
+        logger.info(f"stabench: reference {REFERENCE.folder} not used: its zero-shot evaluation settings (eval:) "
+                    "differ from this benchmark's")
+    else:
+        taken = ", ".join(f"{m} {s}" for m, s in sorted(FROM_REFERENCE)) or "none"
+        logger.info(f"stabench: from the reference {REFERENCE.describe()}: {taken}; every other run trains here")
+REFERENCE_RUNS = {run: SPECS[run].identity for run in GRID if run[:2] in FROM_REFERENCE}
+TRAINED = [run for run in GRID if run[:2] not in FROM_REFERENCE]
+ALL_METRICS = [f"{run_dir(*run)}/metrics.json" for run in TRAINED]  # the runs trained here

@@ -3,7 +3,8 @@
     build_eval_tasks   held-out documents -> offline task jsonl + YAML     (once per benchmark)
     evaluate           eval.runs: best -> the best-LR run of a (method, size) -> eval/<method>/<size>.json
     eval_run           eval.runs: all  -> every run -> runs/<...>/eval.json
-EVALS lists the records aggregate joins into runs.csv (empty for eval.runs: none).
+EVALS lists the records aggregate joins into runs.csv (empty for eval.runs: none); a (method, size)
+taken from reference results (common.smk) has its scores in its reference rows, and no record.
 """
 
 from stabench.evaluation.tasks import BUILDER_VERSION
@@ -13,9 +14,9 @@ EVAL_PARAMS = json.dumps(EVAL, sort_keys=True)  # a change re-evaluates, it neve
 EVAL_TASKS_DIR = str(paths.tasks_dir(RESULTS))
 
 if EVAL["runs"] == "best":
-    EVALS = [f"{RESULTS}/eval/{m}/{s}.json" for m in METHODS for s in SIZES]
+    EVALS = [f"{RESULTS}/eval/{m}/{s}.json" for m in METHODS for s in SIZES if (m, s) not in FROM_REFERENCE]
 elif EVAL["runs"] == "all":
-    EVALS = [f"{run_dir(m, s, lr, seed)}/eval.json" for m in METHODS for s in SIZES for lr in LRS for seed in SEEDS]
+    EVALS = [f"{run_dir(*run)}/eval.json" for run in TRAINED]
 else:
     EVALS = []
 

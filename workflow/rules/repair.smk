@@ -33,7 +33,7 @@ if not (workflow.remote_exec or workflow.subprocess_exec):  # the main process, 
         _say(_line)
     if not repair.snakemakes_here():  # else leave its files alone (Snakemake refuses to start anyway)
         _SLOTS = {run_dir(*run): {"benchmark": NAME, "method": run[0], "size": run[1], "lr": LR_OF[run[2]],
-                                  "seed": int(run[3])} for run in GRID}
+                                  "seed": int(run[3])} for run in TRAINED}  # not those from a reference
         _ANALYSIS = [str(f) for r in (rules.aggregate, rules.score, rules.figures, rules.describe, rules.report)
                      for f in r.output] + [f"{RESULTS}/runs.csv.json"]  # runs.csv's record (analysis/tables.py)
         for _line in repair.repair(_SLOTS, EVALS, _ANALYSIS, [rules.build_eval_tasks.output.manifest],
