@@ -17,7 +17,14 @@ from stabench.benchmark import load_for_use
 from stabench.config import ConfigError, inside, method_specs, resolve_benchmark_path, slug_pattern, workflow_settings
 from stabench.methods import MethodError, load_stack
 from stabench.resources import pack_pays
+from stabench.eta import TimeLeftHandler
 from stabench.runspec import resolve_run
+
+# After each "N of M steps done" line, the time left, estimated from the jobs measured so far
+# (stabench/eta.py); not when the progress lines are silenced (--quiet progress or all).
+_QUIET = {str(q).lower().rsplit(".", 1)[-1] for q in (getattr(workflow.output_settings, "quiet", None) or ())}
+if not _QUIET & {"progress", "all"}:
+    TimeLeftHandler.attach(logger)
 
 # The jobs read the benchmark as the user named it (a param, not an input file): editing the file
 # in place (adding a method) retrains exactly the runs whose identity (their own param) changes.
