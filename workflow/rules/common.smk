@@ -18,7 +18,7 @@ from stabench.config import ConfigError, inside, method_specs, resolve_benchmark
 from stabench.methods import MethodError, load_stack
 from stabench.resources import pack_pays
 from stabench.eta import TimeLeftHandler
-from stabench.runspec import resolve_run
+from stabench.runspec import resolve_run, write_spec
 
 # After each "N of M steps done" line, the time left, estimated from the jobs measured so far
 # (stabench/eta.py); not when the progress lines are silenced (--quiet progress or all).
@@ -164,3 +164,10 @@ def spec_of(method, size, lr, seed):
     if (method, size, lr, seed) not in SPECS:
         raise WorkflowError(f"{run_dir(method, size, lr, seed)} is not a run of benchmark {NAME!r}")
     return SPECS[(method, size, lr, seed)]
+
+
+def write_run_spec(wildcards, spec_path, log_path):
+    """The run_spec job: the run's spec as its folder's run.json, and one line in its log."""
+    spec = spec_of(wildcards.method, wildcards.size, wildcards.lr, wildcards.seed)
+    path = write_spec(Path(spec_path).parent, spec, owner="workflow")
+    Path(log_path).write_text(f"{path}: run {spec.identity}\n")

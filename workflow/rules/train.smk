@@ -7,7 +7,6 @@ them per method)."""
 import re
 
 from stabench.paths import SPEC_NAME
-from stabench.runspec import write_spec
 
 
 rule run_spec:
@@ -19,9 +18,10 @@ rule run_spec:
         spec=f"{RUN_DIR}/{SPEC_NAME}",
     params:
         identity=lambda wc: spec_of(wc.method, wc.size, wc.lr, wc.seed).identity,
+    log:
+        f"{RESULTS}/logs/run_spec/{RUN_NAME}.log",
     run:
-        write_spec(Path(output.spec).parent, spec_of(wildcards.method, wildcards.size, wildcards.lr, wildcards.seed),
-                   owner="workflow")
+        write_run_spec(wildcards, output.spec, log[0])
 
 
 if SINGLE_SIZES:
