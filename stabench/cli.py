@@ -1,4 +1,4 @@
-"""Command line: ``stabench prepare | train | describe | methods | build-tasks | eval | export``.
+"""Command line: ``stabench run | prepare | train | describe | methods | build-tasks | eval | export``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line; usage
@@ -20,7 +20,7 @@ import yaml
 
 from . import lifeline, paths
 from .benchmark import load_for_use, network_for, network_for_data
-from .config import ConfigError, method_specs, size_config
+from .config import SHIPPED_DIR, ConfigError, method_specs, resolve_benchmark_path, size_config
 from .data import DataError, prepare_data
 from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
@@ -221,6 +221,54 @@ def cmd_methods(args) -> int:
         summary = (module.__doc__ or "").strip().splitlines()[0]
         print(f"{name:24s} v{module.VERSION:6s} {summary}")
     return 1 if broken else 0
+
+
+RUN_HELP = """Run the workflow on this folder: Snakemake with the workflow that travels with the package
+(the clone's own, in an editable install) and this folder as its working directory, so
+results/<benchmark>/ is written here. BENCHMARK (first, optional: the default benchmark or the
+profile's) becomes --config benchmark=BENCHMARK; every other argument goes to Snakemake as given,
+e.g. `stabench run smoke --cores 2`, `stabench run cpu -n`, `stabench run proxies --profile gpu
+--config gpus=1`. Methods, benchmarks and claims come from ./methods, ./benchmarks and ./claims
+of this folder first, then from the package; --profile NAME names ./profiles/NAME or else the
+package's profiles/NAME. Snakemake's own options: snakemake --help."""
+
+
+def _with_shipped_profile(option: str, value: str) -> list[str]:
+    """--profile NAME or profiles/NAME: this folder's, else the one shipped with the package."""
+    shipped = SHIPPED_DIR / "profiles" / Path(value).name
+    if not Path(value).exists() and value in (shipped.name, f"profiles/{shipped.name}") and shipped.is_dir():
+        value = str(shipped)
+    return [f"{option}={value}"] if "=" in option else [option, value]
+
+
+def cmd_run(args) -> int:
+    rest = list(args.snakemake_args)
+    if "-h" in rest or "--help" in rest:
+        print(f"usage: stabench run [BENCHMARK] [SNAKEMAKE_ARGS ...]\n\n{RUN_HELP}")
+        return 0
+    benchmark = rest.pop(0) if rest and not rest[0].startswith("-") else None
+    argv: list[str] = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            argv += [arg, *rest]
+            break
+        if arg == "--profile" and rest:
+            argv += _with_shipped_profile(arg, rest.pop(0))
+        elif arg.startswith("--profile="):
+            argv += _with_shipped_profile("--profile=", arg.removeprefix("--profile="))
+        else:
+            argv.append(arg)
+    if benchmark is not None:
+        resolve_benchmark_path(benchmark)  # an unknown name: one line, before Snakemake starts
+        given = [i for i, a in enumerate(argv) if a in ("--config", "-C")]
+        if given:  # a second --config would replace the first: one list
+            argv.insert(given[0] + 1, f"benchmark={benchmark}")
+        else:
+            argv = ["--config", f"benchmark={benchmark}", *argv]
+    snakefile = (SHIPPED_DIR / "Snakefile").resolve()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(Path.cwd()), *argv]
+    return subprocess.run(cmd).returncode
 
 
 def cmd_describe(args) -> int:
@@ -430,6 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="folder for config.json, model.safetensors and the tokenizer")
     p.add_argument("--data", type=Path, help="the run's prepared data folder (default results/<benchmark>/data)")
     p.set_defaults(func=cmd_export)
+
+    # Every argument after `run` is Snakemake's (no option of its own, prefix '+'): cmd_run sorts them.
+    p = sub.add_parser("run", help="run the workflow on this folder: [BENCHMARK] [SNAKEMAKE_ARGS ...]",
+                       usage="stabench run [BENCHMARK] [SNAKEMAKE_ARGS ...]", description=RUN_HELP,
+                       prefix_chars="+", add_help=False)
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 
 from stabench import paths
 from stabench.benchmark import load_for_use
@@ -43,7 +44,20 @@ except (ConfigError, MethodError) as exc:
 
 NAME = BENCHMARK["name"]
 RESULTS = str(paths.results_dir(BENCHMARK))
-PYTHON = sys.executable
+ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# The Python of the jobs. Under --sdm conda a job runs in the rule's conda environment (ENV), so
+# the command is that environment's own `python`; otherwise the full path of the Python that runs
+# Snakemake, so a job uses the workflow's environment whatever comes first on PATH. (--sdm
+# apptainer alone changes nothing: no rule has a container, docs/cluster.md says why.)
+PYTHON = "python" if CONDA else sys.executable
+# ENV installs stabench from the folder two levels above it (pip `-e ../..`): a clone. A workflow
+# shipped inside an installed package has no project there, so that environment cannot be built.
+ENV_PROJECT = ((Path(workflow.current_basedir) / ENV).parent / "../..").resolve()
+if CONDA and not (ENV_PROJECT / "pyproject.toml").is_file():
+    raise WorkflowError(f"--sdm conda: {ENV} installs stabench from {ENV_PROJECT} (pip -e ../..), which is an "
+                        "installed package, not a clone of the repository; run from a clone, or without --sdm conda "
+                        "(the jobs then use this Python, which has stabench)")
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
 LRS = list(LR_OF)
@@ -89,7 +103,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
 DATA_DIR = str(paths.data_dir(RESULTS))
 
 
