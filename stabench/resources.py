@@ -39,7 +39,9 @@ the slowest of their metrics.json ``tokens_per_second``, per member), training t
 as above. (The workflow reads the metrics; these functions only compute.)
 
 A retry (``--retries``) asks ``attempt`` times as much (after the floor and the rounding), so a
-job killed at its limit gets more.
+job killed at its limit gets more; a train job's memory at most ``MEM_ATTEMPTS_MAX`` times as
+much, since most of its retries are continuations of a long run, not a job that ran out of
+memory.
 
 The job limit (``--config max_job_minutes``, default 1440 = 24 h). No request exceeds it,
 retries included (``capped``, after the attempt multiplier). A train job is told to stop
@@ -69,6 +71,7 @@ EVAL_CHOICES = 4               # answers scored per example (cloze tasks); conti
 EVAL_EXAMPLES_UNKNOWN = 10_000  # hub tasks without eval.limit: a typical task's size
 STOP_MARGIN_FRACTION = 0.1     # of a train job's minutes, kept for its last checkpoint and start-up
 STOP_MARGIN_MAX_MIN = 10.0
+MEM_ATTEMPTS_MAX = 2           # a train job's memory grows with retries up to this factor, not further
 
 
 def parameter_count(size: dict, vocab: int, seq_len: int, mlp_ratio: int = 4) -> int:
@@ -183,7 +186,7 @@ def train_mem_mb(benchmark: dict, size_name: str, *, gpus: int = 0, members: int
     """Host memory (MB) a train job of ``members`` runs of this size asks for."""
     override = benchmark["sizes"][size_name].get("mem_mb")
     if override is not None:
-        return int(override * attempt)
+        return int(override * min(attempt, MEM_ATTEMPTS_MAX))
     size, vocab, seq_len, mlp_ratio = _shape(benchmark, size_name)
     params = parameter_count(size, vocab, seq_len, mlp_ratio)
     mb = BASE_MB["gpu"] * gpus if gpus else BASE_MB["cpu"]
@@ -193,7 +196,7 @@ def train_mem_mb(benchmark: dict, size_name: str, *, gpus: int = 0, members: int
         d, layers, heads = size["d_model"], size["n_layers"], size["n_heads"]
         activations = layers * tokens * (34 * d + 5 * heads * seq_len) * 2 + 3 * tokens * vocab * 4
         mb += members * activations / 1e6
-    return _gb(mb * SAFETY_MEM) * attempt
+    return _gb(mb * SAFETY_MEM) * min(attempt, MEM_ATTEMPTS_MAX)
 
 
 def eval_runtime_min(benchmark: dict, size_name: str, *, gpu: bool = False, threads: int = 1,

@@ -40,6 +40,8 @@ def test_tiny_runs_ask_the_floor_and_a_retry_asks_more():
     assert resources.train_runtime_min(smoke, "t16") == resources.MIN_RUNTIME_MIN
     assert resources.train_runtime_min(smoke, "t16", attempt=2) == 2 * resources.MIN_RUNTIME_MIN
     assert resources.train_mem_mb(smoke, "t16", attempt=2) == 2 * resources.train_mem_mb(smoke, "t16")
+    # a long run's continuations (attempt 3, 4, ...) do not ask ever more memory
+    assert resources.train_mem_mb(smoke, "t16", attempt=17) == 2 * resources.train_mem_mb(smoke, "t16")
     assert resources.eval_mem_mb(smoke, "t32") <= 2000  # a smoke job fits a small node
 
 

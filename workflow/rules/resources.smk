@@ -67,7 +67,12 @@ def runtime_min(method, size, members, attempt=1, limit=JOB_LIMIT):
 
 
 def chain_retries(sizes, members):
-    """The retries of a train rule: enough continuations for its longest run (uncapped estimate)."""
+    """The retries of a train rule: enough continuations for its longest run (uncapped estimate).
+    Only where Snakemake schedules: the Snakemake inside a cluster job would otherwise retry a
+    job that stopped at its deadline in the same cluster job (a rule's retries replace the
+    --retries 0 that the executor gives it), past the job's time."""
+    if not workflow.is_main_process:
+        return 0
     longest = max((runtime_min(m, s, members, limit=None) for m in METHODS for s in sizes), default=0)
     return job_resources.chain_retries(longest, JOB_LIMIT)
 

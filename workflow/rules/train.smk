@@ -59,7 +59,7 @@ if SINGLE_SIZES:
             f"{RESULTS}/logs/train/{RUN_NAME}.log",
         shell:
             "{params.python} -m stabench train --spec {input.spec} --data {params.data}"
-            " --threads {threads} {params.gpu} --stop-after-minutes {params.stop} >> {log} 2>&1"
+            " --threads {threads} {params.gpu} --stop-after-minutes {params.stop} > {log} 2>&1"
 
 
 if PACKED_SIZES:
@@ -102,4 +102,4 @@ if PACKED_SIZES:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/{PACK_JOB}.log",
         shell:
             "{params.python} -m stabench train {params.specs} --data {params.data} --threads {threads} {params.gpu}"
-            " --stop-after-minutes {params.stop} >> {log} 2>&1"
+            " --stop-after-minutes {params.stop} > {log} 2>&1"
