@@ -9,6 +9,7 @@ cores, most of it the plugin's 40 s wait before its first status check of each w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -260,3 +261,60 @@ def test_smoke_benchmark_through_slurm(slurm_cluster, tmp_path):
         record = records.get(slurm_job)
         assert record, f"SLURM has no record of job {slurm_job} ({rule_of[snakemake_job]})"
         assert "JobState=COMPLETED" in record and f"WorkDir={tmp_path} " in record, record
+
+
+@pytest.mark.timeout(900)
+def test_a_run_longer_than_the_job_limit_continues_in_the_next_job(slurm_cluster, tmp_path):
+    """A pack of two runs of 4000 steps (about 15 s of training here) under a job limit of
+    0.25 minutes (each job stops its runs 13.5 s after it started): the first SLURM job saves
+    them mid-run and exits 75, Snakemake resubmits, a later job finishes them, and they end
+    exactly where the same runs trained in one go end."""
+    from stabench import paths
+    from stabench.config import load_benchmark
+    from stabench.loop import CONTINUE_EXIT
+    from stabench.resources import stop_after_min
+
+    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
+    bench.update(name="chain", methods=["baseline"], sizes={"t16": bench["sizes"]["t16"]}, seeds=[0],
+                 learning_rates=[1.0e-2, 3.0e-3])
+    bench["train"].update(steps=4000, warmup_steps=50, probe_every=100, eval_every=1000, checkpoint_every=2000)
+    bench["eval"] = {"runs": "none"}
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    results = paths.results_dir(load_benchmark(path))
+    runs = [paths.run_dir(results, "baseline", "t16", label, 0) for label in paths.lr_labels(bench["learning_rates"])]
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), *[f"{run}/metrics.json" for run in runs],
+                           "--config", f"benchmark={path}", "max_job_minutes=0.25"],
+                          capture_output=True, text=True, timeout=840, env=env_with_repo())
+    log = proc.stdout + proc.stderr
+    (tmp_path / "snakemake.log").write_text(log)
+    assert proc.returncode == 0, log[-6000:]
+
+    submitted = [int(s) for s in re.findall(r"Job \d+ has been submitted with SLURM jobid (\d+)", log)]
+    assert "-t 1 " in " ".join(re.findall(r"^sbatch call: sbatch .*$", log, re.M))  # SLURM's least: a minute
+    assert f"--stop-after-minutes {stop_after_min(1, 0.25):.4g} " in log
+    records = {int(m.group(1)): m.group(0) for m in re.finditer(r"^JobId=(\d+) .*$", slurm_cluster.read_text(), re.M)}
+    states = [re.search(r"JobState=(\w+)", records[j]).group(1) for j in submitted]
+    print(f"{len(submitted)} SLURM jobs: {states}")
+    # the job that stops exits CONTINUE_EXIT; the Snakemake around it in the SLURM job exits 1 (FAILED)
+    assert len(submitted) >= 2 and states == ["FAILED"] * (len(submitted) - 1) + ["COMPLETED"], states
+    assert len(re.findall(r"Trying to restart job", log)) == len(submitted) - 1
+    assert f"returned non-zero exit status {CONTINUE_EXIT}" in log
+    # Snakemake shows the failed job's log (its next job's log replaces it): the one line, each time
+    stops = re.findall(r"^stabench: stopped at the job's time limit at step (\d+) of 4000 .*next job$", log, re.M)
+    assert len(stops) == len(submitted) - 1 and stops == sorted(stops, key=int), stops
+
+    # the same two runs in one go, here: same losses, bit for bit
+    for run in runs:
+        (tmp_path / "once" / run).mkdir(parents=True)
+        shutil.copy(tmp_path / run / "run.json", tmp_path / "once" / run / "run.json")
+    once = subprocess.run([sys.executable, "-m", "stabench", "train", *[a for run in runs for a in
+                           ("--spec", str(tmp_path / "once" / run / "run.json"))],
+                           "--data", str(tmp_path / results / "data"), "--threads", "1", "--no-progress"],
+                          capture_output=True, text=True, timeout=300, env=env_with_repo())
+    assert once.returncode == 0, once.stderr[-3000:]
+    for run in runs:
+        cut, whole = (json.loads((root / run / "metrics.json").read_text()) for root in (tmp_path, tmp_path / "once"))
+        assert cut["resumed_from_step"] and whole["resumed_from_step"] is None
+        assert cut["final_val_loss"] == whole["final_val_loss"]
+        assert (tmp_path / run / "losses.csv").read_text() == (tmp_path / "once" / run / "losses.csv").read_text()
