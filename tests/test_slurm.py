@@ -5,6 +5,7 @@ job an sbatch job.
 The end-to-end test installs and starts SLURM, so it needs root and apt-get (or SLURM already
 installed by setup.sh); elsewhere it is skipped and says why. It takes about 4 minutes on 2
 cores, most of it the plugin's 40 s wait before its first status check of each wave of jobs.
+The job-limit test on the same cluster chains a run over 2-4 SLURM jobs: about 3-6 minutes.
 """
 
 from __future__ import annotations
@@ -265,7 +266,7 @@ def test_smoke_benchmark_through_slurm(slurm_cluster, tmp_path):
 
 @pytest.mark.timeout(900)
 def test_a_run_longer_than_the_job_limit_continues_in_the_next_job(slurm_cluster, tmp_path):
-    """A pack of two runs of 4000 steps (about 15 s of training here) under a job limit of
+    """A pack of two runs of 4000 steps (15-35 s of training on 2 shared cores) under a job limit of
     0.25 minutes (each job stops its runs 13.5 s after it started): the first SLURM job saves
     them mid-run and exits 75, Snakemake resubmits, a later job finishes them, and they end
     exactly where the same runs trained in one go end."""
