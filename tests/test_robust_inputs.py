@@ -260,6 +260,9 @@ def test_tokenizer_typo_fails_fast_without_the_hub(tmp_path, monkeypatch):
     ({"gpus": 1.5}, ["gpus=1.5"]),
     ({"pack": 2}, ["pack=2", "0, 1, all or auto"]),
     ({"benchmark": None}, ["benchmark=None"]),
+    ({"max_job_minutes": 0}, ["max_job_minutes=0", "minutes > 0"]),
+    ({"max_job_minutes": "1d"}, ["max_job_minutes='1d'"]),
+    ({"max_job_minutes": True}, ["max_job_minutes=True"]),
 ])
 def test_workflow_config_is_checked(config, words):
     with pytest.raises(ConfigError) as err:
@@ -270,7 +273,8 @@ def test_workflow_config_is_checked(config, words):
 
 def test_workflow_config_defaults_and_values():
     assert workflow_settings({}) == {"benchmark": "cpu", "train_threads": 1, "gpus": 0, "runs_per_gpu": 1,
-                                     "pack": "auto"}
+                                     "pack": "auto", "max_job_minutes": 1440}
+    assert workflow_settings({"max_job_minutes": 0.05})["max_job_minutes"] == 0.05
     assert workflow_settings({"pack": False, "train_threads": 2})["pack"] == 0
 
 
