@@ -373,6 +373,43 @@ def test_depth_warmup_lowers_curvature(how, expected):
     assert res.verdict == NOT_TESTABLE and res.reason == "needs the lr_lambda_max probe (set probes.curvature_every > 0)"
 
 
+def test_depth_warmup_not_testable_on_one_block_sizes():
+    """Depth warm-up cannot act on a one-block model (it trains as the baseline there): the
+    claim is not testable on a grid of one-block sizes, and one-block sizes are left out of a
+    grid that also has deeper ones, never judged as if the method had acted."""
+    def peak(m, si, li, seed):
+        return (10.0 if m == "depth_warmup" else 80.0) * (1 + 0.05 * seed)
+    layers = {0: 1, 1: 2, 2: 3}
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "depth_warmup"], sizes=SIZES,
+                      extra={"peak/curvature": peak, "n_layers": lambda m, si, li, s: float(layers[si])})
+    res = verdict("depth_warmup_lowers_curvature", runs, CURVATURE)
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert [f.scope for f in res.findings] == ["s2", "s3", "across sizes"]
+    assert all("sizes of fewer than 2 layers left out (s1)" in f.detail for f in res.findings)
+    one = runs.assign(n_layers=1.0)
+    res = verdict("depth_warmup_lowers_curvature", one, CURVATURE)
+    assert res.verdict == NOT_TESTABLE and not res.findings
+    assert res.reason == "needs sizes of >= 2 layers: depth_warmup cannot act on fewer (this grid's sizes have 1 at most)"
+    assert "not testable here: needs sizes of >= 2 layers" in sentence(res)
+    # one deep size and 3 seeds: the mean over sizes needs two deep sizes
+    res = verdict("depth_warmup_lowers_curvature", runs.assign(n_layers=runs["size"].map({"s1": 1.0, "s2": 1.0, "s3": 2.0})),
+                  CURVATURE)
+    assert res.verdict == NOT_TESTABLE and "needs >= 5 seeds for a verdict at one size" in res.reason
+
+
+def test_two_selectors_naming_one_label_give_one_pair():
+    """z-loss's claim names the pair by the methods used and by a label; a grid whose only
+    z-loss label matches both is tested once."""
+    runs = compare_runs("no_weight_decay+z_loss_1e-2", "no_weight_decay", "better",
+                        uses={"no_weight_decay+z_loss_1e-2": "no_weight_decay+z_loss"},
+                        extra={"log_z_drift": lambda m, si, li, s: (0.1 if m != "no_weight_decay" else 1.0) + 0.01 * s})
+    plain = runs.assign(method=runs["uses"])  # the synthetic benchmark takes method names, not labels
+    res = check(CLAIMS["z_loss_keeps_log_z_from_drifting"], Context.build(runs, settings_for(plain)))
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {("no_weight_decay+z_loss_1e-2", "no_weight_decay")}
+    assert len(res.findings) == 3
+
+
 # ---------------------------------------------------------------- files, table, sentences
 
 def test_shipped_claims_load_and_every_test_kind_is_covered():

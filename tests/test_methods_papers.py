@@ -72,7 +72,7 @@ def lm_loss(model, batch):
 def test_paper_methods_load_with_docs_and_versions():
     for name in PAPER_METHODS:
         method = load_method(name)
-        assert method.version == ("2" if name == "seq_len_warmup" else "1") and len(method.doc) > 200, name
+        assert method.version == {"seq_len_warmup": "3", "depth_warmup": "2"}.get(name, "1") and len(method.doc) > 200, name
     lr_meaning = {name for name in PAPER_METHODS if load_method(name).changes_lr_meaning}
     assert lr_meaning == {"everett_mup", "sp_per_layer_lr", "adam_atan2", "wesar"}  # wesar: alpha x lr steps
 
@@ -454,9 +454,25 @@ def test_depth_schedule_defaults():
     assert module.active_blocks_at(10, 6, 2, 0, 5, group_size=2) == 6
 
 
+def test_depth_warmup_has_its_own_start_not_the_lr_warmup():
+    """The shallow phase lasts start_fraction (0.1) of train.steps, also with no LR warm-up
+    (benchmarks/cpu_spikes.yaml: warmup_steps 0 used to give it no shallow phase)."""
+    method = load_method("depth_warmup")
+    config = make_config("depth_warmup", n_layers=4, train={"steps": 1500, "warmup_steps": 0})
+    plan = method.module.schedule(config, method.args)
+    assert plan["initial"] == 2 and plan["start"] == 150
+    active = [method.module.active_blocks_at(s, 4, plan["initial"], plan["start"], plan["every"]) for s in (1, 150, 151)]
+    assert active == [2, 2, 3]
+    assert method.module.schedule(config, {**method.args, "start": 7})["start"] == 7
+    assert method.module.schedule(config, {**method.args, "start_fraction": 0.2})["start"] == 300
+    one = method.module.schedule(make_config("depth_warmup", n_layers=1), method.args)
+    assert one["initial"] == one["n_layers"] == 1  # nothing to grow: the claim is not testable there
+
+
 def _depth_setup(n_layers=4, lrs=(1e-2,)):
     """(optimizer, config) of a depth_warmup ensemble with one member per LR (seeds 0, 1, ...)."""
-    configs = [make_config("depth_warmup", n_layers=n_layers, train={"steps": 40, "warmup_steps": 3}, lr=lr)
+    configs = [make_config("depth_warmup", n_layers=n_layers, train={"steps": 40, "warmup_steps": 3}, lr=lr,
+                           args={"depth_warmup": {"start": 3}})
                for lr in lrs]
     configs = [{**c, "seed": k} for k, c in enumerate(configs)]
     stack = stack_of(configs[0])
@@ -466,7 +482,7 @@ def _depth_setup(n_layers=4, lrs=(1e-2,)):
 
 
 def _on_step(optimizer, config, step, lrs=(1e-2,)):
-    depth = load_method("depth_warmup")
+    depth = stack_of(config).methods[0]  # with the run's args (start 3)
     ctx = Context(step=step, tokens=0, config=config, model=optimizer.ensemble.model, peak_lrs=tuple(lrs),
                   seeds=tuple(range(len(lrs))))
     depth.hook("on_step")(ctx, depth.args)
@@ -511,7 +527,7 @@ def test_unlocking_keeps_the_function_then_the_block_trains():
         assert model.active_blocks == 2 and {optimizer.counts[n] for n in block2} == {0}
     with torch.no_grad():
         before = model(batch[..., :-1])
-    step(3)  # the LR warm-up ends: block 2 joins for step 4
+    step(3)  # the shallow phase (start 3) ends: block 2 joins for step 4
     assert model.active_blocks == 3 and model.depth_warmup_active.tolist() == [3]
     assert all(p.requires_grad for p in model.blocks[2].parameters())
     assert not any(p.requires_grad for p in model.blocks[3].parameters())
