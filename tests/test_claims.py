@@ -460,3 +460,45 @@ def test_claims_table_rows_and_sentences():
     row = table.set_index("claim_id").loc["adam_atan2_matches_adam"]
     assert row["section"] == "Abstract" and row["quote"].startswith("Finally, we demonstrate") and not row["paraphrase"]
     assert bool(table.set_index("claim_id").loc["longer_warmup_lowers_lr_sensitivity", "paraphrase"])
+
+
+# ---------------------------------------------------------------- the claims_cpu benchmark
+
+def test_claims_cpu_gives_every_shipped_claim_a_verdict():
+    """benchmarks/claims_cpu.yaml has what every shipped claim needs (the methods of a pair,
+    sizes, widths, blocks, seeds): on a runs table of its grid, with made-up numbers and the
+    curvature probe, no claim is 'not testable here'."""
+    import numpy as np
+
+    from analysis.settings import resolve
+    from stabench.config import BENCHMARKS_DIR, load_benchmark
+    from stabench.resources import parameter_count
+
+    bench = load_benchmark(BENCHMARKS_DIR / "claims_cpu.yaml")
+    assert bench["train"]["device"] in ("auto", "cpu") and bench["eval"]["runs"] == "none"
+    assert len(bench["seeds"]) >= 3 and len(bench["sizes"]) >= 3
+    rng = np.random.default_rng(0)
+    rows = []
+    for spec in bench["methods"]:
+        label, use = (spec, spec) if isinstance(spec, str) else (spec.get("label", spec["use"]), spec["use"])
+        for s, shape in bench["sizes"].items():
+            params = parameter_count(shape, 0, 0)
+            for li, lr in enumerate(bench["learning_rates"]):
+                for seed in bench["seeds"]:
+                    rows.append({"method": label, "uses": use, "size": s, "lr": lr, "seed": seed,
+                                 "final_val_loss": 6.0 + 0.3 * abs(li - 1) + 0.05 * rng.standard_normal(),
+                                 "diverged": li == len(bench["learning_rates"]) - 1 and s != "d32",
+                                 "init_loss": 7.7, "n_params": params + 2 * 2048 * shape["d_model"],
+                                 "n_params_non_embedding": params, "d_model": shape["d_model"],
+                                 "n_layers": shape["n_layers"], "vocab_size": 2048, "eps": 1e-8,
+                                 "steps": 150.0, "planned_steps": 150.0, "changes_lr_meaning": False,
+                                 "log_z_drift": 1 + rng.random(), "early_attn_logit": 10.0 ** (li + 0.1 * params ** 0.25),
+                                 "peak/curvature": 40 * (1 + rng.random()), "spikes/curvature": 2.0,
+                                 "spikes_near/curvature": 1.0, "near_steps/curvature": 50.0,
+                                 "run_dir": f"runs/{label}/{s}/lr{lr:g}-s{seed}"})
+    runs = pd.DataFrame(rows)
+    ctx = Context.build(runs, resolve(bench, runs), CURVATURE)
+    results = {cid: check(claim, ctx) for cid, claim in CLAIMS.items()}
+    untested = {cid: r.reason for cid, r in results.items() if r.verdict == NOT_TESTABLE}
+    assert not untested
+    assert all(r.findings for r in results.values())
