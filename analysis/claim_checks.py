@@ -22,7 +22,7 @@ the per-size rows keep their estimate and interval with scope verdict NO_VERDICT
 lacks (methods, sizes, seeds, a probe). No method is named here: claims name them.
 
 Sizes a method cannot act on: a claim with ``needs.layers`` (a method that grows depth does
-nothing to a one-block model, which then trains exactly as the baseline) is tested only on the
+nothing to a one-block model, which then trains as it would without it) is tested only on the
 sizes of at least that many blocks (``deep_enough``); on a grid with none it is not testable,
 never judged on runs where the method was a no-op.
 """
