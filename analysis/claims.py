@@ -21,7 +21,7 @@ import yaml
 
 from analysis import catalog
 from analysis.claim_checks import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, PER_SIZE_SEEDS, SUPPORTED, TESTS,
-                                   VERDICTS, Finding, combine)
+                                   VERDICTS, Finding, combine, deep_enough)
 from analysis.claim_stats import ACROSS, Context, NotTestable, label
 from stabench.config import SHIPPED_DIR
 
@@ -110,9 +110,15 @@ def check(claim: dict, ctx: Context) -> Result:
         return Result(claim, NOT_TESTABLE, reason="needs runs")
     seeds = len(ctx.grid.seeds)
     try:
-        findings = TESTS[claim["test"]](claim, ctx)
+        tested, dropped = deep_enough(claim, ctx)
+        findings = TESTS[claim["test"]](claim, tested)
     except NotTestable as exc:
         return Result(claim, NOT_TESTABLE, reason=str(exc), seeds=seeds)
+    if dropped:
+        note = (f"; sizes of fewer than {claim['needs']['layers']} layers left out ({', '.join(dropped)}): "
+                "the method cannot act there")
+        for f in findings:
+            f.detail += note
     return Result(claim, combine([f.verdict for f in findings]), findings, seeds=seeds)
 
 
