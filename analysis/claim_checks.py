@@ -20,6 +20,11 @@ is judged once, on the mean over sizes of the paired difference (its clusters ar
 across every size, so pooling sizes does not pretend they are independent) and needs >= 2 sizes;
 the per-size rows keep their estimate and interval with scope verdict NO_VERDICT. Each test returns one Finding per scope, or raises NotTestable with what the grid
 lacks (methods, sizes, seeds, a probe). No method is named here: claims name them.
+
+Sizes a method cannot act on: a claim with ``needs.layers`` (a method that grows depth does
+nothing to a one-block model, which then trains as it would without it) is tested only on the
+sizes of at least that many blocks (``deep_enough``); on a grid with none it is not testable,
+never judged on runs where the method was a no-op.
 """
 
 from __future__ import annotations
@@ -88,6 +93,25 @@ def needs(claim: dict, ctx: Context) -> None:
             raise NotTestable(f"needs >= {n} {noun} (this grid has {have[key]})")
 
 
+def deep_enough(claim: dict, ctx: Context) -> tuple[Context, list[str]]:
+    """(the context of the sizes with at least ``needs.layers`` blocks, the sizes left out);
+    NotTestable when no size has that many. Without ``needs.layers`` (or without an n_layers
+    column to read), ctx itself."""
+    layers = (claim.get("needs") or {}).get("layers")
+    if not layers or "n_layers" not in ctx.runs or ctx.runs.empty:
+        return ctx, []
+    deep = ctx.runs["n_layers"].fillna(0) >= layers
+    if deep.all():
+        return ctx, []
+    who = claim["pairs"][0][0] if claim.get("pairs") else claim.get("method", "the method")
+    if not deep.any():
+        most = int(ctx.runs["n_layers"].max()) if ctx.runs["n_layers"].notna().any() else 0
+        raise NotTestable(f"needs sizes of >= {layers} layers: {who} cannot act on fewer "
+                          f"(this grid's sizes have {most} at most)")
+    dropped = [s for s in ctx.grid.sizes if s not in set(ctx.runs.loc[deep, "size"].astype(str))]
+    return Context.build(ctx.runs[deep], ctx.settings, ctx.families), dropped
+
+
 # ------------------------------------------------------------------------- verdicts
 
 def scope_verdict(lo: float, hi: float, direction: str, margin: float | None = None) -> str:
@@ -125,6 +149,7 @@ def _pairs(claim: dict, ctx: Context) -> list[tuple[str, str]]:
     pairs = []
     for sel_a, sel_b in claim["pairs"]:
         pairs += [(a, b) for a in matches(sel_a, ctx) for b in matches(sel_b, ctx) if a != b]
+    pairs = list(dict.fromkeys(pairs))  # two selectors may name the same labels
     if not pairs:
         wanted = " or ".join(f"{a} beside {_name(b, ctx)}" for a, b in claim["pairs"])
         raise NotTestable(f"needs {wanted}")

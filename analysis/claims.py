@@ -11,6 +11,7 @@ otherwise; 'not testable here' says what the grid lacks. No method is named here
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import yaml
 
 from analysis import catalog
 from analysis.claim_checks import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, PER_SIZE_SEEDS, SUPPORTED, TESTS,
-                                   VERDICTS, Finding, combine)
+                                   VERDICTS, Finding, combine, deep_enough)
 from analysis.claim_stats import ACROSS, Context, NotTestable, label
+from stabench.config import SHIPPED_DIR
 
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "ClaimError", "Result",
-           "load_claims", "check", "verdict_phrase", "sentence", "claims_table"]
+           "claims_dirs", "claim_files", "load_claims", "check", "verdict_phrase", "sentence", "claims_table"]
 
 CLAIM_COLUMNS = ["claim_id", "claim", "verdict", "summary", "scope", "scope_verdict", "method", "against",
                  "statistic", "unit", "estimate", "ci_low", "ci_high", "confidence", "seeds", "seeds_for_size_verdict",
@@ -45,13 +47,41 @@ class Result:
     seeds: int = 0  # seeds of the grid it was tested on (a per-size verdict needs PER_SIZE_SEEDS)
 
 
-def load_claims(claims_dir: Path | str, ids: tuple[str, ...] | None = None) -> list[dict]:
-    """Every claim of the YAML files in claims_dir (schema.yaml excepted), validated, in file
-    order; only ``ids`` if given (an unknown id is an error)."""
-    folder = Path(claims_dir)
-    schema = yaml.safe_load((folder / "schema.yaml").read_text(encoding="utf-8"))
+SHIPPED_CLAIMS = SHIPPED_DIR / "claims"  # travels with the package (a link to claims/ in a clone)
+
+
+def claims_dirs() -> list[Path]:
+    """Where claim files are looked up, first match of a file name wins (as for methods):
+    ``./claims`` of the folder the workflow runs in, then the claims shipped with the package
+    (one folder when they are the same, as in a clone)."""
+    unique: list[Path] = []
+    for d in (Path.cwd() / "claims", SHIPPED_CLAIMS):
+        if d.is_dir() and d.resolve() not in [u.resolve() for u in unique]:
+            unique.append(d)
+    return unique
+
+
+def claim_files(claims_dirs: Path | str | Sequence[Path | str]) -> list[Path]:
+    """The YAML files of the folders (schema.yaml included), a file name's first one only, by name."""
+    folders = [Path(claims_dirs)] if isinstance(claims_dirs, (str, Path)) else [Path(d) for d in claims_dirs]
+    files: dict[str, Path] = {}
+    for folder in folders:
+        for path in sorted(folder.glob("*.yaml")):
+            files.setdefault(path.name, path)
+    return [files[name] for name in sorted(files)]
+
+
+def load_claims(claims_dirs: Path | str | Sequence[Path | str], ids: tuple[str, ...] | None = None) -> list[dict]:
+    """Every claim of the YAML files in the folder, or the folders (a file name's first one
+    wins: claim_files), schema.yaml excepted, validated, in file-name order; only ``ids`` if
+    given (an unknown id is an error)."""
+    files = claim_files(claims_dirs)
+    schemas = [path for path in files if path.name == "schema.yaml"]
+    if not schemas:
+        raise ClaimError(f"no claims/schema.yaml in {claims_dirs}")
+    schema = yaml.safe_load(schemas[0].read_text(encoding="utf-8"))
     claims, seen = [], {}
-    for path in sorted(folder.glob("*.yaml")):
+    for path in files:
         if path.name == "schema.yaml":
             continue
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -80,9 +110,15 @@ def check(claim: dict, ctx: Context) -> Result:
         return Result(claim, NOT_TESTABLE, reason="needs runs")
     seeds = len(ctx.grid.seeds)
     try:
-        findings = TESTS[claim["test"]](claim, ctx)
+        tested, dropped = deep_enough(claim, ctx)
+        findings = TESTS[claim["test"]](claim, tested)
     except NotTestable as exc:
         return Result(claim, NOT_TESTABLE, reason=str(exc), seeds=seeds)
+    if dropped:
+        note = (f"; sizes of fewer than {claim['needs']['layers']} layers left out ({', '.join(dropped)}): "
+                "the method cannot act there")
+        for f in findings:
+            f.detail += note
     return Result(claim, combine([f.verdict for f in findings]), findings, seeds=seeds)
 
 

@@ -3,7 +3,7 @@
     python -m analysis aggregate --metrics M1 M2 ... [--evals E1 ...] [--reference-rows R] --benchmark-yaml B \
         --runs-csv runs.csv
     python -m analysis score --runs-csv runs.csv --benchmark-yaml B --scores-csv S --leaderboard-csv L
-    python -m analysis claims --runs-csv runs.csv --benchmark-yaml B --claims-dir claims/ --claims-csv C
+    python -m analysis claims --runs-csv runs.csv --benchmark-yaml B --claims-dir claims/ [...] --claims-csv C
     python -m analysis figures --runs-csv runs.csv --scores-csv S --benchmark-yaml B --outdir figures/
     python -m analysis report --leaderboard-csv L --runs-csv runs.csv --claims-csv C --figures-dir figures/ \
         --captions-dir workflow/report/figures --benchmark-yaml B --method-docs D --provenance P --out report.html
@@ -177,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("claims", help="runs.csv + claim files -> claims.csv")
     s.add_argument("--runs-csv", required=True)
     s.add_argument("--benchmark-yaml", **bench)
-    s.add_argument("--claims-dir", required=True, help="folder of claim YAML files (claims/)")
+    s.add_argument("--claims-dir", required=True, nargs="+",
+                   help="folder(s) of claim YAML files (claims/); a file name's first one wins")
     s.add_argument("--claims-csv", required=True)
     s.set_defaults(func=cmd_claims)
 

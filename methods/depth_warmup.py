@@ -10,11 +10,18 @@ skips locked blocks (``model.active_blocks``), which saves their compute and is 
 function, since a locked block adds exactly zero to the residual stream.
 
 Schedule (``active_blocks_at``): ``initial`` blocks (default half the depth, at least 1) run
-for steps 1 .. ``start`` (default train.warmup_steps, the end of the LR warm-up, as in the
-paper); then ``group_size`` blocks (default 1) unlock after step ``start`` and another group
-every ``every`` steps. The paper unlocks a group every 500 of ~1e5 steps; our runs are short,
-so ``every`` defaults to the spacing that has the last group unlocked by ``finish`` = 0.5 of
-train.steps: every = max(1, floor((finish * steps - start - 1) / (groups - 1))).
+for steps 1 .. ``start``; then ``group_size`` blocks (default 1) unlock after step ``start`` and
+another group every ``every`` steps. ``start`` is the method's own argument, default
+``start_fraction`` 0.1 of train.steps (rounded): the paper grows depth after the LR warm-up,
+which the benchmarks here set to 10 % of training, but the shallow phase must not depend on the
+LR warm-up, which a benchmark may set to 0 (benchmarks/cpu_spikes.yaml trains without one,
+and tying the phase to it left depth_warmup no shallow phase there). The paper unlocks a group
+every 500 of ~1e5 steps; our runs are short, so ``every`` defaults to the spacing that has the
+last group unlocked by ``finish`` = 0.5 of train.steps:
+every = max(1, floor((finish * steps - start - 1) / (groups - 1))).
+A model of one block has nothing to grow (``initial`` is then its only block): depth warm-up
+trains it exactly as the baseline does, so a claim about depth warm-up is not testable on
+one-block sizes (claims/09b_depth_warmup_curvature.yaml asks for sizes of >= 2 layers).
 
 Unlocking (``on_step`` after the step that ends a phase, for every member at once): the
 block's q, k, v and MLP up weights get back the values they had at initialization (the
@@ -40,10 +47,11 @@ from torch import nn
 from stabench.contract import Probe, ProbeFamily
 from stabench.model import parameter_roles
 
-VERSION = "1"
-ARGS = {"initial": None, "group_size": 1, "start": None, "every": None, "finish": 0.5}
+VERSION = "2"
+ARGS = {"initial": None, "group_size": 1, "start": None, "start_fraction": 0.1, "every": None, "finish": 0.5}
 ARG_TYPES = {"initial": (int, None), "start": (int, None), "every": (int, None)}
-ARG_ALLOWED = {"initial": ">= 1", "group_size": ">= 1", "start": ">= 0", "every": ">= 1", "finish": "> 0, <= 1"}
+ARG_ALLOWED = {"initial": ">= 1", "group_size": ">= 1", "start": ">= 0", "start_fraction": ">= 0, < 1",
+                "every": ">= 1", "finish": "> 0, <= 1"}
 BUFFER = "depth_warmup_active"
 ZERO_AT_UNLOCK = ("attn.out.", "mlp.down.")
 
@@ -62,7 +70,7 @@ def schedule(config: dict, args: dict, n_layers: int | None = None) -> dict:
     train = config["train"]
     initial = args["initial"] if args.get("initial") is not None else max(1, n // 2)
     initial = max(1, min(int(initial), n))
-    start = int(args["start"] if args.get("start") is not None else train["warmup_steps"])
+    start = int(args["start"]) if args.get("start") is not None else int(round(args["start_fraction"] * train["steps"]))
     group_size = max(1, int(args["group_size"]))
     groups = math.ceil((n - initial) / group_size)
     if args.get("every") is not None:

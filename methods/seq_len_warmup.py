@@ -23,10 +23,15 @@ steps. The LR of step s uses the tokens seen through step s (its own batch inclu
 step schedule uses the 1-based step. Token counts cover the global batch (all processes).
 
 Budget (arg ``budget``): Li et al. compare at equal tokens, so by default (``tokens``) the run
-trains for as many steps as it takes to see the tokens the benchmark's full-length runs see
-(train.steps x seq_len per batch row; short early steps make it a few more steps), and its
-LR decays over those tokens; ``steps`` keeps the benchmark's step count (fewer tokens). The
-warm-up length in steps is fixed from the benchmark's own step count either way.
+trains exactly the tokens the benchmark's full-length runs see (arg ``tokens`` per batch row,
+default train.steps x seq_len), no more: it takes the fewest steps whose lengths reach them
+(short early steps make it a few more steps), and the few tokens the last of those steps would
+overshoot by come off the end of the warm-up (``length_table``): from the step where the length
+last grows, ``multiple`` tokens a step, so the warm-up's last length is held a few steps longer
+(the lengths stay non-decreasing; at most seq_len / multiple steps change, each by at most
+``multiple`` tokens). Its LR decays over those tokens. ``steps`` keeps the benchmark's step
+count (fewer tokens; ``tokens`` is then not used). The warm-up length in steps is fixed from
+the benchmark's own step count either way.
 
 Defaults chosen: start 8 (the paper's start for small models), ``steps`` = ``fraction`` 0.3
 of train.steps when not given (the paper warms up over a few percent to a third of training
@@ -42,14 +47,14 @@ from functools import lru_cache
 from stabench.contract import Probe, ProbeFamily
 from stabench.schedule import warmup_cosine
 
-VERSION = "2"
+VERSION = "3"
 ARGS = {"start": 8, "steps": None, "fraction": 0.3, "schedule": "linear", "root": 2.0,
-        "multiple": 8, "decay_tokens": "run", "budget": "tokens"}
+        "multiple": 8, "decay_tokens": "run", "budget": "tokens", "tokens": None}
 BUDGETS = ("tokens", "steps")
 SCHEDULES = ("linear", "root")
-ARG_TYPES = {"steps": (int, None)}
+ARG_TYPES = {"steps": (int, None), "tokens": (int, None)}
 ARG_ALLOWED = {"start": ">= 1", "steps": ">= 1", "fraction": "> 0, <= 1", "schedule": SCHEDULES, "root": "> 0",
-               "multiple": ">= 1", "decay_tokens": ("run", "full"), "budget": BUDGETS}
+               "multiple": ">= 1", "decay_tokens": ("run", "full"), "budget": BUDGETS, "tokens": ">= 1"}
 
 
 def seq_len_at(step: int, full: int, total: int, start: int = 8, schedule: str = "linear",
@@ -74,21 +79,55 @@ def warmup_length(config: dict, args: dict) -> int:
     return max(1, int(round(args["fraction"] * config["train"]["steps"])))
 
 
-def _length(step: int, config: dict, args: dict) -> int:
-    return seq_len_at(step, config["train"]["seq_len"], warmup_length(config, args), args["start"],
-                      args["schedule"], args["root"], args["multiple"])
-
-
 @lru_cache(maxsize=64)
-def _run_length_sum(steps: int, full: int, total: int, start: int, schedule: str, root: float,
-                    multiple: int) -> int:
-    return sum(seq_len_at(s, full, total, start, schedule, root, multiple) for s in range(1, steps + 1))
+def length_table(steps: int, full: int, total: int, start: int = 8, schedule: str = "linear", root: float = 2.0,
+                 multiple: int = 8, tokens: int | None = None) -> tuple[int, ...]:
+    """Sequence length of steps 1 .. ``steps`` (entry s - 1 is step s): ``seq_len_at``, and with
+    ``tokens`` (per batch row) trimmed to sum to exactly that many. The excess comes off the
+    step where the length last grows, at most ``multiple`` tokens at a time; that opens a step
+    of growth right after it, which the next cut takes, so the last length below the one it
+    grows to is held a few steps longer and the lengths stay non-decreasing, never below
+    ``min(multiple, full)``."""
+    lengths = [seq_len_at(s, full, total, start, schedule, root, multiple) for s in range(1, steps + 1)]
+    if tokens is None:
+        return tuple(lengths)
+    excess = sum(lengths) - tokens
+    if excess < 0:
+        raise ValueError(f"seq_len_warmup: {steps} steps see {sum(lengths)} tokens a row, fewer than {tokens}")
+    floor = min(multiple, full)
+
+    def gap(i: int) -> int:
+        return lengths[i] - (lengths[i - 1] if i else floor)
+
+    i = len(lengths) - 1
+    while excess > 0:
+        while i >= 0 and gap(i) <= 0:
+            i -= 1
+        if i < 0:
+            raise ValueError(f"seq_len_warmup: cannot trim {excess} more tokens a row")
+        cut = min(multiple, excess, gap(i))
+        lengths[i] -= cut
+        excess -= cut
+        i = min(i + 1, len(lengths) - 1)  # the cut opened a gap after step i (if any)
+    return tuple(lengths)
+
+
+def lengths_of(config: dict, args: dict) -> tuple[int, ...]:
+    """The run's sequence length at each of its train.steps steps (its configure hook has run)."""
+    train = config["train"]
+    tokens = args.get("tokens") if args["budget"] == "tokens" else None
+    return length_table(train["steps"], train["seq_len"], warmup_length(config, args), args["start"],
+                        args["schedule"], float(args["root"]), args["multiple"], tokens)
+
+
+def _length(step: int, config: dict, args: dict) -> int:
+    table = lengths_of(config, args)
+    return table[step - 1] if 1 <= step <= len(table) else config["train"]["seq_len"]
 
 
 def run_tokens_per_row(config: dict, args: dict) -> int:
     """Sum of sequence lengths over all train.steps steps (tokens per batch row)."""
-    return _run_length_sum(config["train"]["steps"], config["train"]["seq_len"], warmup_length(config, args),
-                           args["start"], args["schedule"], float(args["root"]), args["multiple"])
+    return sum(lengths_of(config, args))
 
 
 def steps_for_tokens(tokens_per_row: int, full: int, total: int, start: int, schedule: str, root: float,
@@ -104,14 +143,16 @@ def steps_for_tokens(tokens_per_row: int, full: int, total: int, start: int, sch
 def configure(config, args):
     if args["budget"] not in BUDGETS:
         raise ValueError(f"seq_len_warmup: budget {args['budget']!r}; valid: {', '.join(BUDGETS)}")
-    # The warm-up length is fixed against the benchmark's steps, before any change to them.
-    args["steps"] = warmup_length(config, args)
-    if args["budget"] == "tokens":  # train as many tokens as the benchmark's full-length runs
-        train = config["train"]
-        train["steps"] = steps_for_tokens(train["steps"] * train["seq_len"], train["seq_len"], args["steps"],
-                                          args["start"], args["schedule"], float(args["root"]), args["multiple"])
     if args["schedule"] not in SCHEDULES:
         raise ValueError(f"seq_len_warmup: schedule {args['schedule']!r}; valid: {', '.join(SCHEDULES)}")
+    # The warm-up length is fixed against the benchmark's steps, before any change to them.
+    args["steps"] = warmup_length(config, args)
+    if args["budget"] == "tokens":  # train exactly the tokens of the benchmark's full-length runs
+        train = config["train"]
+        if args["tokens"] is None:
+            args["tokens"] = train["steps"] * train["seq_len"]
+        train["steps"] = steps_for_tokens(args["tokens"], train["seq_len"], args["steps"], args["start"],
+                                          args["schedule"], float(args["root"]), args["multiple"])
     if args["decay_tokens"] not in ("run", "full"):
         raise ValueError(f"seq_len_warmup: decay_tokens {args['decay_tokens']!r}; valid: 'run', 'full'")
     if args["start"] < 1 or args["multiple"] < 1 or args["root"] <= 0:

@@ -1,4 +1,4 @@
-"""Command line: ``stabench prepare | train | describe | methods | build-tasks | eval | export``.
+"""Command line: ``stabench run | prepare | train | describe | methods | build-tasks | eval | export``.
 
 Everything that can be checked before training is checked first (benchmark schema, method
 names and arguments, size, corpus), so bad input costs seconds and prints one line; usage
@@ -12,6 +12,7 @@ import argparse
 import os
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -20,12 +21,12 @@ import yaml
 
 from . import lifeline, paths
 from .benchmark import load_for_use, network_for, network_for_data
-from .config import ConfigError, method_specs, size_config
+from .config import SHIPPED_DIR, ConfigError, method_specs, resolve_benchmark_path, size_config
 from .data import DataError, prepare_data
 from .data.prepare import check_prepared_for
 from .gpu_pool import gpu_slots
 from .io import write_json, write_text
-from .loop import DataMismatchError, check_own_folders, check_same_ensemble, train
+from .loop import CONTINUE_EXIT, DataMismatchError, check_own_folders, check_same_ensemble, train
 from .methods import MethodError, exc_text, hook_failure, known_methods, load_module, load_stack
 from .provenance import method_docs, provenance
 from .runspec import RunSpec, read_spec, read_spec_file, resolve_run, spec_difference, write_spec
@@ -85,7 +86,10 @@ def launch_on_gpus(args, argv: list[str]) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = alloc.visible_devices
         inner = without_options(argv, ("--gpus", "--runs-per-gpu"))
         if args.gpus == 1:
-            return main(inner)
+            return main(inner, started=args.started)
+        if getattr(args, "stop_after_minutes", None):  # the processes start now: what is left of the time
+            left = max(args.stop_after_minutes - (time.monotonic() - args.started) / 60, 1e-3)
+            inner = [*without_options(inner, ("--stop-after-minutes",)), "--stop-after-minutes", f"{left:.4f}"]
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                    "--num_processes", str(args.gpus), "--main_process_port", str(alloc.port),
                    "-m", "stabench", *inner]
@@ -149,9 +153,16 @@ def cmd_train(args) -> int:
                       world_size=world_size())
     claim_folder(args.out, run, args.force)
     data_dir = ensure_data(benchmark, args.data, progress=not args.no_progress)
-    metrics, = train([run], [args.out], data_dir, progress=not args.no_progress)
+    metrics, = train([run], [args.out], data_dir, progress=not args.no_progress, deadline=deadline(args))
+    if metrics is None:
+        return CONTINUE_EXIT  # stopped at the deadline (the loop said where)
     print(report(metrics, args.out))
     return 0
+
+
+def deadline(args) -> float | None:
+    """The ``time.monotonic()`` at which training stops (--stop-after-minutes), or None."""
+    return args.started + 60 * args.stop_after_minutes if args.stop_after_minutes else None
 
 
 def train_specs(args) -> int:
@@ -169,9 +180,11 @@ def train_specs(args) -> int:
     network_for_data(runs[0].data.to_dict())
     data_dir = ensure_data({"name": runs[0].benchmark, "data": runs[0].data.to_dict()}, args.data,
                            progress=not args.no_progress)
-    for metrics, out in zip(train(runs, folders, data_dir, progress=not args.no_progress), folders):
-        print(report(metrics, out))
-    return 0
+    done = train(runs, folders, data_dir, progress=not args.no_progress, deadline=deadline(args))
+    for metrics, out in zip(done, folders):
+        if metrics is not None:
+            print(report(metrics, out))
+    return 0 if None not in done else CONTINUE_EXIT  # stopped at the deadline (the loop said where)
 
 
 def parse_pack_run(text: str) -> tuple[float, int, Path]:
@@ -221,6 +234,54 @@ def cmd_methods(args) -> int:
         summary = (module.__doc__ or "").strip().splitlines()[0]
         print(f"{name:24s} v{module.VERSION:6s} {summary}")
     return 1 if broken else 0
+
+
+RUN_HELP = """Run the workflow on this folder: Snakemake with the workflow that travels with the package
+(the clone's own, in an editable install) and this folder as its working directory, so
+results/<benchmark>/ is written here. BENCHMARK (first, optional: the default benchmark or the
+profile's) becomes --config benchmark=BENCHMARK; every other argument goes to Snakemake as given,
+e.g. `stabench run smoke --cores 2`, `stabench run cpu -n`, `stabench run proxies --profile gpu
+--config gpus=1`. Methods, benchmarks and claims come from ./methods, ./benchmarks and ./claims
+of this folder first, then from the package; --profile NAME names ./profiles/NAME or else the
+package's profiles/NAME. Snakemake's own options: snakemake --help."""
+
+
+def _with_shipped_profile(option: str, value: str) -> list[str]:
+    """--profile NAME or profiles/NAME: this folder's, else the one shipped with the package."""
+    shipped = SHIPPED_DIR / "profiles" / Path(value).name
+    if not Path(value).exists() and value in (shipped.name, f"profiles/{shipped.name}") and shipped.is_dir():
+        value = str(shipped)
+    return [f"{option}={value}"] if "=" in option else [option, value]
+
+
+def cmd_run(args) -> int:
+    rest = list(args.snakemake_args)
+    if "-h" in rest or "--help" in rest:
+        print(f"usage: stabench run [BENCHMARK] [SNAKEMAKE_ARGS ...]\n\n{RUN_HELP}")
+        return 0
+    benchmark = rest.pop(0) if rest and not rest[0].startswith("-") else None
+    argv: list[str] = []
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--":
+            argv += [arg, *rest]
+            break
+        if arg == "--profile" and rest:
+            argv += _with_shipped_profile(arg, rest.pop(0))
+        elif arg.startswith("--profile="):
+            argv += _with_shipped_profile("--profile=", arg.removeprefix("--profile="))
+        else:
+            argv.append(arg)
+    if benchmark is not None:
+        resolve_benchmark_path(benchmark)  # an unknown name: one line, before Snakemake starts
+        given = [i for i, a in enumerate(argv) if a in ("--config", "-C")]
+        if given:  # a second --config would replace the first: one list
+            argv.insert(given[0] + 1, f"benchmark={benchmark}")
+        else:
+            argv = ["--config", f"benchmark={benchmark}", *argv]
+    snakefile = (SHIPPED_DIR / "Snakefile").resolve()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(Path.cwd()), *argv]
+    return subprocess.run(cmd).returncode
 
 
 def cmd_describe(args) -> int:
@@ -347,6 +408,16 @@ def _number(kind: type, low: int):
 POSITIVE, COUNT = _number(int, 1), _number(int, 0)
 
 
+def MINUTES(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"got {text!r}; allowed: minutes > 0, e.g. 1430 or 0.05")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stabench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -379,6 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=COUNT, default=0,
                    help="take this many GPUs from the lock pool (stabench/gpu_pool.py); >1 runs DDP")
     p.add_argument("--runs-per-gpu", type=POSITIVE, default=1, help="runs sharing one GPU (pool slots per GPU)")
+    p.add_argument("--stop-after-minutes", type=MINUTES, metavar="M",
+                   help=f"M minutes after this command started, save the runs' checkpoints at the "
+                        f"current step and exit {CONTINUE_EXIT}; the same command continues them (a cluster job's limit)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-pack", help="train runs differing only in LR/seed together (batched ensemble)")
@@ -453,6 +527,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, help="the run's prepared data folder (default results/<benchmark>/data)")
     p.set_defaults(func=cmd_export)
 
+    # Every argument after `run` is Snakemake's (no option of its own, prefix '+'): cmd_run sorts them.
+    p = sub.add_parser("run", help="run the workflow on this folder: [BENCHMARK] [SNAKEMAKE_ARGS ...]",
+                       usage="stabench run [BENCHMARK] [SNAKEMAKE_ARGS ...]", description=RUN_HELP,
+                       prefix_chars="+", add_help=False)
+    p.add_argument("snakemake_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("methods", help="list available methods, or a benchmark's methods")
     p.add_argument("benchmark", nargs="?")
     p.set_defaults(func=cmd_methods)
@@ -507,10 +588,13 @@ def out_of_memory(exc: BaseException) -> bool:
         (isinstance(exc, RuntimeError) and "allocate" in str(exc))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """``started``: the ``time.monotonic()`` the command started at (``python -m stabench``
+    passes the time before its imports), from which ``--stop-after-minutes`` counts."""
+    started = time.monotonic() if started is None else started
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv, args.started = argv, started
     lifeline.follow_workflow()
     try:
         return run_command(args)

@@ -225,13 +225,14 @@ def inside(path: str | Path, root: str | Path) -> Path:
 
 
 # The workflow's --config keys: default and least value (benchmark: a name or a path;
+# max_job_minutes: the longest wall time a job may ask for, a number > 0, fractions for tests;
 # reference: a folder of shipped results, reference/<name> or a path, none by default).
 WORKFLOW_SETTINGS = {"benchmark": ("cpu", None), "train_threads": (1, 1), "gpus": (0, 0), "runs_per_gpu": (1, 1),
-                     "pack": ("auto", 0), "reference": (None, None)}
+                     "pack": ("auto", 0), "max_job_minutes": (1440, 0), "reference": (None, None)}
 
-# Shipped reference results (stabench.reference): reference/<name>/ of the repository, or of the
-# current directory (looked in first).
-REFERENCE_DIR = Path(__file__).resolve().parent.parent / "reference"
+# Shipped reference results (stabench.reference): reference/<name>/ of the current directory
+# (looked in first), then the repository's (a link in stabench/shipped, a copy in a wheel).
+REFERENCE_DIR = SHIPPED_DIR / "reference"
 REFERENCE_TABLE = "runs.csv"
 
 
@@ -257,6 +258,11 @@ def workflow_settings(config: dict) -> dict:
             if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
                 raise ConfigError(f"--config {key}={value!r}: allowed: a benchmark name or a YAML file path")
             settings[key] = str(value)
+            continue
+        if key == "max_job_minutes":  # a job limit (stabench.resources.capped): any positive number
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise ConfigError(f"--config {key}={value!r}: allowed: minutes > 0, e.g. 1440 (24 h)")
+            settings[key] = value
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < least or (key == "pack" and value > 1):
             allowed = "0, 1, all or auto" if key == "pack" else f"an integer >= {least}"

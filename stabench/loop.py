@@ -24,6 +24,14 @@ whose checkpoints stopped at different steps resume as separate ensembles. A pac
 resumed alone after its pack-mates finished ends close to, not exactly at, the uninterrupted
 pack (4.8e-7 measured: a batch of another shape rounds differently).
 
+A deadline (``train(..., deadline=)``, a ``time.monotonic()`` value; ``stabench train
+--stop-after-minutes``, a cluster job's time limit less a margin): once it passes, the
+ensemble saves every member's checkpoint at the step it has reached, prints one line and
+stops; ``train`` returns None for those runs. The clock is read on the host after each step
+(no tensor is touched, so no extra sync on a GPU); with several processes only at probe
+steps, and the ranks agree by one all-reduce there. The next job resumes from the checkpoint
+exactly as after a kill (bit for bit on CPU, tests/test_job_limit.py).
+
 Several processes (``accelerate launch``): each rank trains its share of the same global
 batch of ``train.batch_size`` windows, the flat gradient is averaged across ranks in one
 all-reduce, and every rank takes the same divergence decision. Packs are single-process.
@@ -64,6 +72,10 @@ from .validation import validate
 # Parameters of a pack are strided views of one (K, N) tensor; their gradients accumulate in
 # place into views of another, which torch reports as a possible slowdown (not an error).
 warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+
+# The exit status of a train job that stopped at its deadline with its runs saved: the
+# workflow's retries resubmit it and the next job continues (BSD's EX_TEMPFAIL, "try again").
+CONTINUE_EXIT = 75
 
 
 class DataMismatchError(ValueError):
@@ -107,8 +119,10 @@ def check_own_folders(out_dirs: list[Path]) -> None:
 
 
 def train(runs: list[RunSpec], out_dirs: list[Path], data_dir: Path, *, progress: bool = True,
-          pack: bool = True, instrument: Callable[[int, bool], AbstractContextManager] | None = None) -> list[dict]:
-    """Train runs of one (method, size) together; return their metrics in the order given.
+          pack: bool = True, instrument: Callable[[int, bool], AbstractContextManager] | None = None,
+          deadline: float | None = None) -> list[dict | None]:
+    """Train runs of one (method, size) together; return their metrics in the order given
+    (None for a run stopped at ``deadline``, a ``time.monotonic()`` value, with its checkpoint saved).
 
     ``pack=False`` (or a method that declares itself unpackable, or several processes) trains
     them one at a time through the same loop. ``instrument(step, probing)``, if given, is a
@@ -130,8 +144,20 @@ def train(runs: list[RunSpec], out_dirs: list[Path], data_dir: Path, *, progress
         groups: dict[int, list[Member]] = defaultdict(list)
         for i, m in enumerate(waiting):
             groups[i if alone else m.resume_step].append(m)
+        stopped = []
         for group in groups.values():
-            EnsembleRun(group, stack, data, progress, instrument).run()
+            if stopped:  # the deadline passed: later groups wait for the next job
+                stopped.append(group[0].resume_step)
+                continue
+            ensemble = EnsembleRun(group, stack, data, progress, instrument, deadline)
+            ensemble.run()
+            if ensemble.stopped_at is not None:
+                stopped.append(ensemble.stopped_at)
+        if stopped and main_process:
+            left = sum(not m.finished for m in members)
+            print(f"stabench: stopped at the job's time limit at step {min(stopped)} of {runs[0].train.steps} "
+                  f"({left} of {len(members)} runs unfinished, checkpoints saved); "
+                  "the run continues from there in the next job", flush=True)
     return [m.metrics for m in members]
 
 
@@ -139,8 +165,10 @@ class EnsembleRun:
     """Training state of one ensemble: members, model, optimizer, schedule, loss buffer."""
 
     def __init__(self, members: list[Member], stack: MethodStack, data, progress: bool,
-                 instrument: Callable[[int, bool], AbstractContextManager] | None = None):
+                 instrument: Callable[[int, bool], AbstractContextManager] | None = None,
+                 deadline: float | None = None):
         self.members, self.stack, self.data = members, stack, data
+        self.deadline, self.stopped_at = deadline, None
         self.instrument = instrument or (lambda step, probing: nullcontext())
         self.config = members[0].config
         self.train_cfg = self.config["train"]
@@ -286,28 +314,57 @@ class EnsembleRun:
             checkpointing = step % tr["checkpoint_every"] == 0 and step < tr["steps"]
             if not (probing or checkpointing):
                 self.after_step(ctx)
-                continue
+                if not self.out_of_time(step, probing):
+                    continue
+            else:
+                now = time.perf_counter()
+                for m in self.members:
+                    m.train_seconds += now - loop_start
+                if probing:
+                    self.probe(ctx)
+                if self.members:
+                    self.after_step(self.context_of_alive(ctx))
+                if checkpointing:
+                    self.flush_losses()
+                    for k, m in enumerate(self.members):
+                        self.save(k, m)
+                loop_start = time.perf_counter()
+                if not self.out_of_time(step, probing):
+                    continue
+            # the deadline passed: this step's state is every member's checkpoint; stop here
             now = time.perf_counter()
             for m in self.members:
                 m.train_seconds += now - loop_start
-            if probing:
-                self.probe(ctx)
-            if self.members:
-                self.after_step(self.context_of_alive(ctx))
-            if checkpointing:
+            loop_start = now
+            if not checkpointing:
                 self.flush_losses()
                 for k, m in enumerate(self.members):
                     self.save(k, m)
-            loop_start = time.perf_counter()
+            self.stopped_at = step
+            break
         now = time.perf_counter()
         for m in self.members:
             m.train_seconds += now - loop_start
         self.progress.close()
-        if self.members:
+        if self.members and self.stopped_at is None:
             finals = [m.final for m in self.members]
             self.finish(list(range(len(self.members))), finals if None not in finals else self.evaluate())
         if self.train_cfg["trackers"]:
             self.accelerator.end_training()
+
+    def out_of_time(self, step: int, probing: bool) -> bool:
+        """Whether to stop after ``step`` for the deadline: never at the last step (it finishes),
+        on the host clock alone; with several processes only at probe steps, where the ranks
+        have synced anyway and agree (any rank past its deadline stops them all)."""
+        if self.deadline is None or step >= self.train_cfg["steps"] or not self.members:
+            return False
+        late = time.monotonic() >= self.deadline
+        if self.world == 1:
+            return late
+        if not probing:
+            return False
+        flag = torch.tensor([float(late)], device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def probe(self, ctx: Context) -> None:
         tr = self.train_cfg

@@ -32,8 +32,24 @@ doubled for fp32, and three fp32 copies of the logits). Then ``x SAFETY_MEM``, r
 whole GB. Evaluation loads one checkpoint (16 B per parameter) and the model (4 B) next to the
 base process.
 
+Measured speed. Where runs of the same (method, size) have finished, with the same model and
+batch on the same kind of device, in packs of the same size (``measured_tokens_per_second``:
+the slowest of their metrics.json ``tokens_per_second``, per member), training takes
+``tokens / that`` instead of the FLOP estimate; validation, start-up and ``SAFETY`` are added
+as above. (The workflow reads the metrics; these functions only compute.)
+
 A retry (``--retries``) asks ``attempt`` times as much (after the floor and the rounding), so a
-job killed at its limit gets more.
+job killed at its limit gets more; a train job's memory at most ``MEM_ATTEMPTS_MAX`` times as
+much, since most of its retries are continuations of a long run, not a job that ran out of
+memory.
+
+The job limit (``--config max_job_minutes``, default 1440 = 24 h). No request exceeds it,
+retries included (``capped``, after the attempt multiplier). A train job is told to stop
+``stop_after_min`` minutes after it started (its request, at most the limit, less a margin
+for the last checkpoint and the job's start: a tenth, at most ``STOP_MARGIN_MAX_MIN``); its
+runs then save a checkpoint at the current step and the job exits with
+``stabench.loop.CONTINUE_EXIT``. The workflow resubmits it (the train rules' ``retries``,
+``chain_retries``), and the next job resumes from the checkpoint.
 """
 
 from __future__ import annotations
@@ -53,6 +69,9 @@ STATE_BYTES_PER_PARAM = 16
 SAFETY_MEM = 1.25
 EVAL_CHOICES = 4               # answers scored per example (cloze tasks); continuation scores 1
 EVAL_EXAMPLES_UNKNOWN = 10_000  # hub tasks without eval.limit: a typical task's size
+STOP_MARGIN_FRACTION = 0.1     # of a train job's minutes, kept for its last checkpoint and start-up
+STOP_MARGIN_MAX_MIN = 10.0
+MEM_ATTEMPTS_MAX = 2           # a train job's memory grows with retries up to this factor, not further
 
 
 def parameter_count(size: dict, vocab: int, seq_len: int, mlp_ratio: int = 4) -> int:
@@ -102,12 +121,51 @@ def _gb(mb: float) -> int:
     return int(math.ceil(mb / 1000) * 1000)
 
 
+def capped(minutes: int, limit_min: float | None) -> int:
+    """A request of whole minutes, never above the job limit (but at least SLURM's one minute)."""
+    return minutes if limit_min is None else min(minutes, max(1, math.floor(limit_min)))
+
+
+def stop_after_min(runtime_min: float, limit_min: float) -> float:
+    """Minutes after its start at which a train job asking ``runtime_min`` stops its runs at a
+    checkpoint: the job's time (at most the limit) less a tenth, at most STOP_MARGIN_MAX_MIN."""
+    job = min(runtime_min, limit_min)
+    return job - min(STOP_MARGIN_MAX_MIN, STOP_MARGIN_FRACTION * job)
+
+
+def chain_retries(estimate_min: float, limit_min: float) -> int:
+    """Retries a train rule gets: the jobs a run of ``estimate_min`` minutes needs under the
+    limit (each stopping at ``stop_after_min`` of the limit), plus one for an ordinary failure
+    (the SLURM profile's ``retries: 1``). A run within one job still has two: one continuation
+    if it runs longer than its estimate, one failure."""
+    return math.ceil(estimate_min / stop_after_min(limit_min, limit_min)) + 1
+
+
+def measured_tokens_per_second(metrics: list[dict], like: dict, *, gpus: int = 0,
+                               members: int = 1) -> float | None:
+    """The slowest training speed (tokens/s per member) among finished runs (their metrics.json)
+    that trained as a job of the run ``like`` (a run.json's contents) would: the same model and
+    batch shape on as many processes, on a GPU or not, in packs of ``members``; None if none did."""
+    def same(m: dict) -> bool:
+        config = m.get("config") or {}
+        train, want = config.get("train") or {}, like["train"]
+        return (config.get("model") == like["model"]
+                and all(train.get(k) == want[k] for k in ("batch_size", "seq_len", "world_size"))
+                and isinstance(m.get("tokens_per_second"), (int, float)) and m["tokens_per_second"] > 0
+                and m.get("packed_with") == members
+                and str(m.get("device", "")).startswith("cpu") == (not gpus))
+    speeds = [m["tokens_per_second"] for m in metrics if same(m)]
+    return min(speeds) if speeds else None
+
+
 def train_runtime_min(benchmark: dict, size_name: str, *, gpus: int = 0, threads: int = 1,
-                      members: int = 1, attempt: int = 1) -> int:
-    """Wall minutes a train job of ``members`` runs of this size asks for."""
+                      members: int = 1, attempt: int = 1, tokens_per_second: float | None = None,
+                      limit_min: float | None = None) -> int:
+    """Wall minutes a train job of ``members`` runs of this size asks for: from the measured
+    ``tokens_per_second`` (per member) where given, else from its FLOPs; at most ``limit_min``."""
     override = benchmark["sizes"][size_name].get("runtime_min")
     if override is not None:
-        return math.ceil(override * members) * attempt
+        return capped(math.ceil(override * members) * attempt, limit_min)
     size, vocab, seq_len, mlp_ratio = _shape(benchmark, size_name)
     train = benchmark["train"]
     device = "gpu" if gpus else "cpu"
@@ -115,9 +173,12 @@ def train_runtime_min(benchmark: dict, size_name: str, *, gpus: int = 0, threads
     per_token = flops_per_token(size, vocab, seq_len, mlp_ratio)
     train_tokens = train["steps"] * train["batch_size"] * seq_len
     eval_tokens = (train["steps"] // train["eval_every"] + 1) * train["eval_windows"] * seq_len
-    seconds = ((train_tokens + eval_tokens / 3) * per_token / rate
-               + train["steps"] * STEP_OVERHEAD_S[device])
-    return _minutes((STARTUP_S + members * seconds) * SAFETY) * attempt
+    if tokens_per_second:  # measured: the members of a pack train at once
+        seconds = train_tokens / tokens_per_second + members * eval_tokens / 3 * per_token / rate
+    else:
+        seconds = members * ((train_tokens + eval_tokens / 3) * per_token / rate
+                             + train["steps"] * STEP_OVERHEAD_S[device])
+    return capped(_minutes((STARTUP_S + seconds) * SAFETY) * attempt, limit_min)
 
 
 def train_mem_mb(benchmark: dict, size_name: str, *, gpus: int = 0, members: int = 1,
@@ -125,7 +186,7 @@ def train_mem_mb(benchmark: dict, size_name: str, *, gpus: int = 0, members: int
     """Host memory (MB) a train job of ``members`` runs of this size asks for."""
     override = benchmark["sizes"][size_name].get("mem_mb")
     if override is not None:
-        return int(override * attempt)
+        return int(override * min(attempt, MEM_ATTEMPTS_MAX))
     size, vocab, seq_len, mlp_ratio = _shape(benchmark, size_name)
     params = parameter_count(size, vocab, seq_len, mlp_ratio)
     mb = BASE_MB["gpu"] * gpus if gpus else BASE_MB["cpu"]
@@ -135,11 +196,11 @@ def train_mem_mb(benchmark: dict, size_name: str, *, gpus: int = 0, members: int
         d, layers, heads = size["d_model"], size["n_layers"], size["n_heads"]
         activations = layers * tokens * (34 * d + 5 * heads * seq_len) * 2 + 3 * tokens * vocab * 4
         mb += members * activations / 1e6
-    return _gb(mb * SAFETY_MEM) * attempt
+    return _gb(mb * SAFETY_MEM) * min(attempt, MEM_ATTEMPTS_MAX)
 
 
 def eval_runtime_min(benchmark: dict, size_name: str, *, gpu: bool = False, threads: int = 1,
-                     attempt: int = 1) -> int:
+                     attempt: int = 1, limit_min: float | None = None) -> int:
     """Wall minutes of one zero-shot evaluation (lm-eval) of a run of this size."""
     size, vocab, seq_len, mlp_ratio = _shape(benchmark, size_name)
     cfg = benchmark["eval"]
@@ -151,7 +212,7 @@ def eval_runtime_min(benchmark: dict, size_name: str, *, gpu: bool = False, thre
     tokens = sum(examples(t) for t in scored) * EVAL_CHOICES * seq_len
     rate = GPU_FLOPS if gpu else max(threads, 1) * CPU_FLOPS_PER_THREAD
     seconds = tokens * flops_per_token(size, vocab, seq_len, mlp_ratio) / 3 / rate
-    return _minutes((STARTUP_S + seconds) * SAFETY) * attempt
+    return capped(_minutes((STARTUP_S + seconds) * SAFETY) * attempt, limit_min)
 
 
 def eval_mem_mb(benchmark: dict, size_name: str, *, gpu: bool = False, attempt: int = 1) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 from .config import ConfigError, check_run_point, load_schema, method_specs, size_config
 from .io import write_json
-from .methods import MethodError, MethodStack, load_stack
+from .methods import MethodError, MethodStack, load_stack, stack_of
 from .model import GPT
 from .paths import SPEC_NAME
 
@@ -200,9 +200,9 @@ class RunSpec(Section):
         """The spec read by key, as the methods' hooks and the recorder read a run's config."""
         return self
 
-    @property
+    @functools.cached_property
     def stack(self) -> MethodStack:
-        from .methods import stack_of
+        """The method stack with the arguments the spec records (built once per spec)."""
         return stack_of(self)
 
     def to_dict(self) -> dict:

@@ -373,6 +373,43 @@ def test_depth_warmup_lowers_curvature(how, expected):
     assert res.verdict == NOT_TESTABLE and res.reason == "needs the lr_lambda_max probe (set probes.curvature_every > 0)"
 
 
+def test_depth_warmup_not_testable_on_one_block_sizes():
+    """Depth warm-up cannot act on a one-block model (it trains as the baseline there): the
+    claim is not testable on a grid of one-block sizes, and one-block sizes are left out of a
+    grid that also has deeper ones, never judged as if the method had acted."""
+    def peak(m, si, li, seed):
+        return (10.0 if m == "depth_warmup" else 80.0) * (1 + 0.05 * seed)
+    layers = {0: 1, 1: 2, 2: 3}
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "depth_warmup"], sizes=SIZES,
+                      extra={"peak/curvature": peak, "n_layers": lambda m, si, li, s: float(layers[si])})
+    res = verdict("depth_warmup_lowers_curvature", runs, CURVATURE)
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert [f.scope for f in res.findings] == ["s2", "s3", "across sizes"]
+    assert all("sizes of fewer than 2 layers left out (s1)" in f.detail for f in res.findings)
+    one = runs.assign(n_layers=1.0)
+    res = verdict("depth_warmup_lowers_curvature", one, CURVATURE)
+    assert res.verdict == NOT_TESTABLE and not res.findings
+    assert res.reason == "needs sizes of >= 2 layers: depth_warmup cannot act on fewer (this grid's sizes have 1 at most)"
+    assert "not testable here: needs sizes of >= 2 layers" in sentence(res)
+    # one deep size and 3 seeds: the mean over sizes needs two deep sizes
+    res = verdict("depth_warmup_lowers_curvature", runs.assign(n_layers=runs["size"].map({"s1": 1.0, "s2": 1.0, "s3": 2.0})),
+                  CURVATURE)
+    assert res.verdict == NOT_TESTABLE and "needs >= 5 seeds for a verdict at one size" in res.reason
+
+
+def test_two_selectors_naming_one_label_give_one_pair():
+    """z-loss's claim names the pair by the methods used and by a label; a grid whose only
+    z-loss label matches both is tested once."""
+    runs = compare_runs("no_weight_decay+z_loss_1e-2", "no_weight_decay", "better",
+                        uses={"no_weight_decay+z_loss_1e-2": "no_weight_decay+z_loss"},
+                        extra={"log_z_drift": lambda m, si, li, s: (0.1 if m != "no_weight_decay" else 1.0) + 0.01 * s})
+    plain = runs.assign(method=runs["uses"])  # the synthetic benchmark takes method names, not labels
+    res = check(CLAIMS["z_loss_keeps_log_z_from_drifting"], Context.build(runs, settings_for(plain)))
+    assert res.verdict == SUPPORTED, sentence(res)
+    assert {(f.method, f.against) for f in res.findings} == {("no_weight_decay+z_loss_1e-2", "no_weight_decay")}
+    assert len(res.findings) == 3
+
+
 # ---------------------------------------------------------------- files, table, sentences
 
 def test_shipped_claims_load_and_every_test_kind_is_covered():
@@ -423,3 +460,45 @@ def test_claims_table_rows_and_sentences():
     row = table.set_index("claim_id").loc["adam_atan2_matches_adam"]
     assert row["section"] == "Abstract" and row["quote"].startswith("Finally, we demonstrate") and not row["paraphrase"]
     assert bool(table.set_index("claim_id").loc["longer_warmup_lowers_lr_sensitivity", "paraphrase"])
+
+
+# ---------------------------------------------------------------- the claims_cpu benchmark
+
+def test_claims_cpu_gives_every_shipped_claim_a_verdict():
+    """benchmarks/claims_cpu.yaml has what every shipped claim needs (the methods of a pair,
+    sizes, widths, blocks, seeds): on a runs table of its grid, with made-up numbers and the
+    curvature probe, no claim is 'not testable here'."""
+    import numpy as np
+
+    from analysis.settings import resolve
+    from stabench.config import BENCHMARKS_DIR, load_benchmark
+    from stabench.resources import parameter_count
+
+    bench = load_benchmark(BENCHMARKS_DIR / "claims_cpu.yaml")
+    assert bench["train"]["device"] in ("auto", "cpu") and bench["eval"]["runs"] == "none"
+    assert len(bench["seeds"]) >= 3 and len(bench["sizes"]) >= 3
+    rng = np.random.default_rng(0)
+    rows = []
+    for spec in bench["methods"]:
+        label, use = (spec, spec) if isinstance(spec, str) else (spec.get("label", spec["use"]), spec["use"])
+        for s, shape in bench["sizes"].items():
+            params = parameter_count(shape, 0, 0)
+            for li, lr in enumerate(bench["learning_rates"]):
+                for seed in bench["seeds"]:
+                    rows.append({"method": label, "uses": use, "size": s, "lr": lr, "seed": seed,
+                                 "final_val_loss": 6.0 + 0.3 * abs(li - 1) + 0.05 * rng.standard_normal(),
+                                 "diverged": li == len(bench["learning_rates"]) - 1 and s != "d32",
+                                 "init_loss": 7.7, "n_params": params + 2 * 2048 * shape["d_model"],
+                                 "n_params_non_embedding": params, "d_model": shape["d_model"],
+                                 "n_layers": shape["n_layers"], "vocab_size": 2048, "eps": 1e-8,
+                                 "steps": 150.0, "planned_steps": 150.0, "changes_lr_meaning": False,
+                                 "log_z_drift": 1 + rng.random(), "early_attn_logit": 10.0 ** (li + 0.1 * params ** 0.25),
+                                 "peak/curvature": 40 * (1 + rng.random()), "spikes/curvature": 2.0,
+                                 "spikes_near/curvature": 1.0, "near_steps/curvature": 50.0,
+                                 "run_dir": f"runs/{label}/{s}/lr{lr:g}-s{seed}"})
+    runs = pd.DataFrame(rows)
+    ctx = Context.build(runs, resolve(bench, runs), CURVATURE)
+    results = {cid: check(claim, ctx) for cid, claim in CLAIMS.items()}
+    untested = {cid: r.reason for cid, r in results.items() if r.verdict == NOT_TESTABLE}
+    assert not untested
+    assert all(r.findings for r in results.values())

@@ -26,6 +26,7 @@ LAYER_NAMES = ["base", "paths", "data", "model", "methods", "ensemble", "loop pa
 LAYERS = {
     # base: import nothing of stabench but each other
     ROOT: 0, "config": 0, "io": 0, "selection": 0, "offline": 0, "lifeline": 0, "progress": 0, "gpu_pool": 0,
+    "eta": 0,
     "spikes": 0, "eigen": 0, "data.errors": 0,
     # where files lie, locks and checkpoints
     "paths": 1, "checkpoint": 1,

@@ -262,6 +262,9 @@ def test_tokenizer_typo_fails_fast_without_the_hub(tmp_path, monkeypatch):
     ({"benchmark": None}, ["benchmark=None"]),
     ({"reference": "no_such_reference"}, ["reference=no_such_reference", "no such folder", "known: "]),
     ({"reference": ""}, ["reference=''"]),
+    ({"max_job_minutes": 0}, ["max_job_minutes=0", "minutes > 0"]),
+    ({"max_job_minutes": "1d"}, ["max_job_minutes='1d'"]),
+    ({"max_job_minutes": True}, ["max_job_minutes=True"]),
 ])
 def test_workflow_config_is_checked(config, words):
     with pytest.raises(ConfigError) as err:
@@ -272,7 +275,8 @@ def test_workflow_config_is_checked(config, words):
 
 def test_workflow_config_defaults_and_values():
     assert workflow_settings({}) == {"benchmark": "cpu", "train_threads": 1, "gpus": 0, "runs_per_gpu": 1,
-                                     "pack": "auto", "reference": None}
+                                     "pack": "auto", "max_job_minutes": 1440, "reference": None}
+    assert workflow_settings({"max_job_minutes": 0.05})["max_job_minutes"] == 0.05
     assert workflow_settings({"pack": False, "train_threads": 2})["pack"] == 0
 
 

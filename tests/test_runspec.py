@@ -137,3 +137,77 @@ def test_adding_a_smaller_size_changes_exactly_the_width_relative_runs(engine_be
     assert changed == WIDTH_RELATIVE | {"mup_simple+qk_layernorm+z_loss"}
     # a larger size moves no base width: no run of the old sizes changes
     assert {m for m in methods if resolve(before, m).identity != resolve(larger, m).identity} == set()
+
+
+# ---- the run spec as a file: run.json -------------------------------------------------------
+
+def test_run_json_reads_back_as_the_same_frozen_run(engine_bench, tmp_path):
+    import dataclasses
+    import json
+
+    from stabench.runspec import read_spec, write_spec
+
+    run = resolve(engine_bench.benchmark, "everett_mup+z_loss", lr=1 / 3, seed=2)
+    write_spec(tmp_path, run, owner="cli")
+    back, owner = read_spec(tmp_path)
+    assert owner == "cli" and back == run and back.identity == run.identity
+    assert back.lr == 1 / 3 and back["train"]["steps"] == back.train.steps  # by attribute and by key
+    assert json.loads((tmp_path / "run.json").read_text())["identity"] == run.identity
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        back.train.steps = 3  # nothing changes a resolved run
+    with pytest.raises(TypeError):
+        back.methods[1].args["coef"] = 1.0
+
+
+@pytest.mark.parametrize("section, key", [("train", "stepz"), ("model", "d_modle"), (None, "sizes")])
+def test_unknown_key_in_run_json_is_a_one_line_error_naming_file_and_key(engine_bench, tmp_path, section, key):
+    import json
+
+    from stabench.runspec import read_spec_file, write_spec
+
+    path = write_spec(tmp_path, resolve(engine_bench.benchmark), owner="workflow")
+    record = json.loads(path.read_text())
+    (record["spec"][section] if section else record["spec"])[key] = 1
+    path.write_text(json.dumps(record))
+    with pytest.raises(ConfigError) as err:
+        read_spec_file(path)
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message and f"unknown key {key!r}" in message and "valid:" in message
+
+
+def test_a_hand_edited_run_json_is_a_new_run(engine_bench, tmp_path):
+    import json
+
+    from stabench.runspec import read_spec_file, write_spec
+
+    run = resolve(engine_bench.benchmark)
+    path = write_spec(tmp_path, run, owner="workflow")
+    record = json.loads(path.read_text())
+    record["spec"]["train"]["steps"] += 1
+    path.write_text(json.dumps(record))
+    assert read_spec_file(path)[0].identity != run.identity  # recomputed from the spec, not trusted
+
+
+def test_train_from_the_spec_equals_train_by_name(engine_bench, tmp_path, capsys, torch_one_thread):
+    """`stabench train --spec DIR/run.json` (the workflow's way) trains exactly the run that
+    `stabench train BENCHMARK --method ... --out DIR` resolved and wrote there."""
+    import json
+    import shutil
+
+    from stabench import cli
+
+    by_name = tmp_path / "by_name"
+    argv = ["train", str(engine_bench.path), "--method", "z_loss", "--size", "tiny", "--lr", "0.01", "--seed", "1",
+            "--out", str(by_name), "--data", str(engine_bench.data_dir), "--no-progress", "--threads", "1"]
+    assert cli.main(argv) == 0
+    by_spec = tmp_path / "by_spec"
+    by_spec.mkdir()
+    shutil.copy(by_name / "run.json", by_spec / "run.json")
+    assert cli.main(["train", "--spec", str(by_spec / "run.json"), "--data", str(engine_bench.data_dir),
+                     "--no-progress", "--threads", "1"]) == 0
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (by_name, by_spec))
+    assert a["identity"] == b["identity"] and a["final_val_loss"] == b["final_val_loss"]
+    assert (by_name / "losses.csv").read_text() == (by_spec / "losses.csv").read_text()
+    capsys.readouterr()
+    assert cli.main(["train", "--spec", str(by_spec / "run.json"), "--method", "baseline", "--no-progress"]) == 2
+    assert "drop method" in capsys.readouterr().err

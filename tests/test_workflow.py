@@ -313,6 +313,138 @@ def test_a_reference_run_of_other_settings_is_not_used(smoke_results, tmp_path):
         [(shipped.loc[0, "method"], shipped.loc[0, "size"])]
 
 
+def test_diverged_run_is_a_result_and_crash_fails_only_its_job(tmp_path):
+    """A huge LR diverges (a row of the leaderboard); a crashing method fails only its jobs."""
+    (tmp_path / "methods").mkdir()
+    (tmp_path / "methods" / "crashes.py").write_text(
+        '"""A method that raises, to test that one crash does not stop the grid."""\n'
+        'VERSION = "0"\n'
+        'def transform_model(model, config, args):\n'
+        '    raise RuntimeError("deliberate crash for the test")\n')
+    bench = smoke_bench()
+    bench.update(name="crashy", methods=["baseline", "crashes"], learning_rates=[1e-2, 1e4],
+                 sizes={"t16": bench["sizes"]["t16"]})
+    bench["train"].update(steps=20)
+    path = tmp_path / "crashy.yaml"
+    path.write_text(yaml.safe_dump(bench))
+
+    proc = snakemake(tmp_path, "--cores", "2", "--keep-going", "--config", f"benchmark={path}", check=False)
+    assert proc.returncode != 0
+    runs = tmp_path / "results" / "crashy" / "runs"
+    ok = json.loads((runs / "baseline" / "t16" / "lr0.01-s0" / "metrics.json").read_text())
+    diverged = json.loads((runs / "baseline" / "t16" / "lr10000-s0" / "metrics.json").read_text())
+    assert not ok["diverged"] and diverged["diverged"]
+    assert ok["packed_with"] == diverged["packed_with"] == 2  # it left the pack; the other finished
+    assert not (runs / "crashes" / "t16" / "lr0.01-s0" / "metrics.json").exists()
+    log = tmp_path / "results" / "crashy" / "logs" / "train" / "crashes" / "t16" / "s0.log"
+    assert "deliberate crash for the test" in log.read_text()
+
+    # Without the crashing method the same grid completes, and the diverged run is scored.
+    bench["methods"] = ["baseline"]
+    path.write_text(yaml.safe_dump(bench))
+    done = snakemake(tmp_path, "--cores", "2", "--config", f"benchmark={path}")
+    assert "left (estimated from the" in done.stderr  # the time left, after Snakemake's progress lines
+    board = pd.read_csv(tmp_path / "results" / "crashy" / "leaderboard.csv")
+    assert board.loc[0, "diverged"] == 1
+
+
+def test_bad_benchmark_is_a_one_line_error(tmp_path):
+    bench = smoke_bench()
+    bench["learning_rates"] = ["abc"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "learning_rates" in line]
+    assert lines and "'abc'" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_duplicate_lrs_are_a_one_line_error_naming_both(tmp_path):
+    bench = smoke_bench()
+    bench["learning_rates"] = [1.0e-3, 1.0e-2, 0.001]
+    path = tmp_path / "dup.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
+    assert proc.returncode != 0
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "learning_rates" in line]
+    assert len(lines) == 1 and "0.001 and 0.001" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("pack", ["1", "0"])
+def test_exact_lrs_make_distinct_runs_with_exact_floats(tmp_path, pack):
+    bench = smoke_bench()
+    bench["learning_rates"] = [1e-3, 1.0000001e-3, 3.16227766e-3]
+    bench["methods"] = ["baseline"]
+    path = tmp_path / "exact.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", f"benchmark={path}", f"pack={pack}")
+    out = proc.stdout + proc.stderr
+    folders = set(re.findall(r"runs/baseline/t16/(lr[^/\s]+-s0)/metrics.json", out))
+    assert folders == {"lr0.001-s0", "lr0.0010000001-s0", "lr0.00316227766-s0"}
+    # the exact LR travels in the run's run.json (written by its run_spec job), never as text
+    assert "--spec results/smoke/runs/baseline/t16/lr0.00316227766-s0/run.json" in out and "--lr" not in out
+    assert job_counts(proc)["run_spec"] == 6
+    assert job_counts(proc)["train_pack" if pack == "1" else "train"] == (2 if pack == "1" else 6)
+    assert "0.00316228" not in out
+
+
+def test_unknown_method_in_benchmark_names_it(tmp_path):
+    bench = smoke_bench()
+    bench["methods"] = ["baseline", "qk_layrnorm"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(bench))
+    proc = snakemake(tmp_path, "-n", "--config", f"benchmark={path}", check=False)
+    assert proc.returncode != 0
+    assert "Did you mean 'qk_layernorm'" in proc.stdout + proc.stderr
+
+
+def test_cpu_benchmark_dry_run(tmp_path):
+    bench = yaml.safe_load((REPO / "benchmarks" / "cpu.yaml").read_text())
+    n_grid = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"]) * len(bench.get("seeds", [0]))
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2")  # the default benchmark is cpu, packed
+    seeds = len(bench.get("seeds", [0]))
+    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"]) * seeds  # a job per LR sweep
+    assert "train" not in job_counts(proc)
+    assert (proc.stdout + proc.stderr).count("--spec ") == n_grid
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=all")  # every run of a (method, size)
+    assert job_counts(proc)["train_pack"] == len(bench["methods"]) * len(bench["sizes"])
+    proc = snakemake(tmp_path, "-n", "--cores", "2", "--config", "pack=0")
+    assert job_counts(proc)["train"] == n_grid and "train_pack" not in job_counts(proc)
+
+
+def test_pack_zero_trains_run_by_run(tmp_path):
+    """--config pack=0: one train job per run, each `stabench train` with its exact LR."""
+    bench = smoke_bench()
+    n_runs = len(bench["methods"]) * len(bench["sizes"]) * len(bench["learning_rates"])
+    proc = snakemake(tmp_path, "-n", "-p", "--cores", "2", "--config", "benchmark=smoke", "pack=0")
+    assert job_counts(proc)["train"] == n_runs and "train_pack" not in job_counts(proc)
+    out = proc.stdout + proc.stderr
+    assert out.count("-m stabench train ") == n_runs and "train-pack" not in out
+    assert {(w["method"], w["size"], w["lr"]) for w in job_wildcards(proc, "train")} == {
+        (m, s, f"{lr:g}") for m in bench["methods"] for s in bench["sizes"] for lr in bench["learning_rates"]}
+
+
+@pytest.mark.parametrize("pack, rule", [("1", "train_pack"), ("0", "train")])
+def test_slurm_profile_dry_run_requests_gpus(tmp_path, pack, rule):
+    """The SLURM profile turns each train job into a job asking for its size's GPUs, with the
+    runtime and memory estimated from the benchmark (workflow/rules/resources.smk)."""
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "slurm"),
+                     "--config", "benchmark=smoke", "gpus=1", f"pack={pack}")
+    out = proc.stdout + proc.stderr
+    train_blocks = [b for b in out.split("\n\n") if f"rule {rule}:" in b]
+    assert train_blocks and all("gpu=1" in b and "runtime=" in b and "mem_mb=" in b for b in train_blocks)
+    assert "your_account" not in out  # no placeholder account: the plugin uses the user's default
+    assert "--gpus 1" in out
+
+
+def test_gpu_profile_dry_run_takes_pool_slots(tmp_path):
+    proc = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / "gpu"),
+                     "--config", "benchmark=smoke", "gpus=1", "runs_per_gpu=4")
+    out = proc.stdout + proc.stderr
+    assert "gpu_slots=1" in out and "--gpus 1 --runs-per-gpu 4" in out
+    assert "--threads 2" in out
+
+
 # ---- one run identity: a new size retrains exactly what it changes ----------------------------
 
 WIDTH_RELATIVE = ["sp_per_layer_lr", "everett_mup", "eps_width_scaled", "mup_simple", "mup_full"]

@@ -1,20 +1,24 @@
 """runs -> runs.csv -> scores, leaderboard, claims, figures -> report.html (analysis/)."""
 
+import analysis
 from analysis.catalog import FIGURES, TABLES, figure_file, svg_file, table_file
-from analysis.claims import ClaimError, load_claims
+from analysis.claims import ClaimError, claim_files, claims_dirs, load_claims
 from analysis.settings import resolve as analysis_settings
 
-REPO_DIR = Path(workflow.current_basedir).parent.parent
-CLAIMS_DIR = str(REPO_DIR / "claims")
+WORKFLOW_DIR = Path(workflow.current_basedir).parent  # workflow/, in a clone or shipped in the package
+# Claim files: ./claims of the working folder first, then the package's (a file name's first one
+# wins, as for methods; analysis.claims.claims_dirs).
+CLAIMS_DIRS = [str(d) for d in claims_dirs()]
 
 try:  # the claims the benchmark names must exist: say so before training (load_benchmark checked the reference)
-    load_claims(CLAIMS_DIR, analysis_settings(BENCHMARK).claims)
+    load_claims(CLAIMS_DIRS, analysis_settings(BENCHMARK).claims)
 except ClaimError as exc:
     raise WorkflowError(str(exc)) from None
 
-# The analysis package's sources: a change in them reruns the analysis rules (not the training).
-ANALYSIS_CODE = sorted(str(p) for p in (REPO_DIR / "analysis").rglob("*") if p.suffix in (".py", ".j2", ".css"))
-CAPTIONS_DIR = str(REPO_DIR / "workflow" / "report" / "figures")
+# The analysis package's sources (the clone's, or the installed package's): a change in them
+# reruns the analysis rules (not the training).
+ANALYSIS_CODE = sorted(str(p) for p in Path(analysis.__file__).parent.rglob("*") if p.suffix in (".py", ".j2", ".css"))
+CAPTIONS_DIR = str(WORKFLOW_DIR / "report" / "figures")
 
 rule describe:
     """Method docstrings, provenance (versions, git commit, date) and the resolved benchmark
@@ -56,11 +60,14 @@ if REFERENCE_RUNS:
             about=REFERENCE_JSON[0],
         params:
             runs=json.dumps({"/".join(run): identity for run, identity in sorted(REFERENCE_RUNS.items())}),
+        log:
+            f"{RESULTS}/logs/reference_rows.log",
         run:
             write_rows(output.rows, REFERENCE, REFERENCE_RUNS)
             write_json(output.about, {"folder": str(REFERENCE.folder), "describe": REFERENCE.describe(),
                                       "provenance": REFERENCE.provenance,
                                       "taken": [list(pair) for pair in sorted(FROM_REFERENCE)]})
+            Path(log[0]).write_text(f"{len(REFERENCE_RUNS)} runs from the reference {REFERENCE.describe()}\n")
 
 
 rule aggregate:
@@ -113,20 +120,20 @@ rule claims:
     input:
         runs=rules.aggregate.output,
         benchmark=rules.describe.output.benchmark,
-        claims=sorted(str(p) for p in Path(CLAIMS_DIR).glob("*.yaml")),
+        claims=[str(p) for p in claim_files(CLAIMS_DIRS)],
         code=ANALYSIS_CODE,
     output:
         report(f"{RESULTS}/claims.csv", category="Claims", caption="../report/claims.rst"),
     params:
         python=PYTHON,
-        claims_dir=lambda wildcards, input: str(Path(input.claims[0]).parent),
+        claims_dirs=CLAIMS_DIRS,
     conda:
         ENV
     log:
         f"{RESULTS}/logs/claims.log",
     shell:
         "{params.python} -m analysis claims --runs-csv {input.runs} --benchmark-yaml {input.benchmark}"
-        " --claims-dir {params.claims_dir} --claims-csv {output} > {log} 2>&1"
+        " --claims-dir {params.claims_dirs:q} --claims-csv {output} > {log} 2>&1"
 
 
 rule figures:

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
+from snakemake.settings.types import DeploymentMethod
 
 from stabench import paths
 from stabench.benchmark import load_for_use
@@ -18,7 +19,14 @@ from stabench.config import ConfigError, inside, method_specs, resolve_benchmark
 from stabench.methods import MethodError, load_stack
 from stabench.reference import load_reference, pairs_from_reference
 from stabench.resources import pack_pays
-from stabench.runspec import resolve_run
+from stabench.eta import TimeLeftHandler
+from stabench.runspec import resolve_run, write_spec
+
+# After each "N of M steps done" line, the time left, estimated from the jobs measured so far
+# (stabench/eta.py); not when the progress lines are silenced (--quiet progress or all).
+_QUIET = {str(q).lower().rsplit(".", 1)[-1] for q in (getattr(workflow.output_settings, "quiet", None) or ())}
+if not _QUIET & {"progress", "all"}:
+    TimeLeftHandler.attach(logger)
 
 # The jobs read the benchmark as the user named it (a param, not an input file): editing the file
 # in place (adding a method) retrains exactly the runs whose identity (their own param) changes.
@@ -37,7 +45,20 @@ except (ConfigError, MethodError) as exc:
 
 NAME = BENCHMARK["name"]
 RESULTS = str(paths.results_dir(BENCHMARK))
-PYTHON = sys.executable
+ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
+CONDA = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+# The Python of the jobs. Under --sdm conda a job runs in the rule's conda environment (ENV), so
+# the command is that environment's own `python`; otherwise the full path of the Python that runs
+# Snakemake, so a job uses the workflow's environment whatever comes first on PATH. (--sdm
+# apptainer alone changes nothing: no rule has a container, docs/cluster.md says why.)
+PYTHON = "python" if CONDA else sys.executable
+# ENV installs stabench from the folder two levels above it (pip `-e ../..`): a clone. A workflow
+# shipped inside an installed package has no project there, so that environment cannot be built.
+ENV_PROJECT = ((Path(workflow.current_basedir) / ENV).parent / "../..").resolve()
+if CONDA and not (ENV_PROJECT / "pyproject.toml").is_file():
+    raise WorkflowError(f"--sdm conda: {ENV} installs stabench from {ENV_PROJECT} (pip -e ../..), which is an "
+                        "installed package, not a clone of the repository; run from a clone, or without --sdm conda "
+                        "(the jobs then use this Python, which has stabench)")
 METHODS = list(method_specs(BENCHMARK))
 SIZES = list(BENCHMARK["sizes"])
 LRS = list(LR_OF)
@@ -83,7 +104,6 @@ wildcard_constraints:
     seed=r"\d+",
 
 
-ENV = "../envs/stabench.yaml"  # every rule's software environment (relative to workflow/rules/)
 DATA_DIR = str(paths.data_dir(RESULTS))
 
 
@@ -159,6 +179,13 @@ def spec_of(method, size, lr, seed):
     if (method, size, lr, seed) not in SPECS:
         raise WorkflowError(f"{run_dir(method, size, lr, seed)} is not a run of benchmark {NAME!r}")
     return SPECS[(method, size, lr, seed)]
+
+
+def write_run_spec(wildcards, spec_path, log_path):
+    """The run_spec job: the run's spec as its folder's run.json, and one line in its log."""
+    spec = spec_of(wildcards.method, wildcards.size, wildcards.lr, wildcards.seed)
+    path = write_spec(Path(spec_path).parent, spec, owner="workflow")
+    Path(log_path).write_text(f"{path}: run {spec.identity}\n")
 
 
 # Reference results (--config reference=<name or path>, stabench.reference): a (method, size)

@@ -7,7 +7,6 @@ them per method)."""
 import re
 
 from stabench.paths import SPEC_NAME
-from stabench.runspec import write_spec
 
 
 rule run_spec:
@@ -19,9 +18,10 @@ rule run_spec:
         spec=f"{RUN_DIR}/{SPEC_NAME}",
     params:
         identity=lambda wc: spec_of(wc.method, wc.size, wc.lr, wc.seed).identity,
+    log:
+        f"{RESULTS}/logs/run_spec/{RUN_NAME}.log",
     run:
-        write_spec(Path(output.spec).parent, spec_of(wildcards.method, wildcards.size, wildcards.lr, wildcards.seed),
-                   owner="workflow")
+        write_run_spec(wildcards, output.spec, log[0])
 
 
 if SINGLE_SIZES:
@@ -42,7 +42,9 @@ if SINGLE_SIZES:
             python=PYTHON,
             data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
+            stop=stop_after,  # the job limit: a longer run saves and continues in the next job
         threads: TRAIN_THREADS
+        retries: chain_retries(SINGLE_SIZES, 1)
         resources:
             gpu=lambda wc: size_gpus(wc.size),  # SLURM executor: GPUs requested per job
             gpu_slots=lambda wc: gpu_slots(wc.size),  # local: bound with --resources gpu_slots=N*K
@@ -57,7 +59,7 @@ if SINGLE_SIZES:
             f"{RESULTS}/logs/train/{RUN_NAME}.log",
         shell:
             "{params.python} -m stabench train --spec {input.spec} --data {params.data}"
-            " --threads {threads} {params.gpu} > {log} 2>&1"
+            " --threads {threads} {params.gpu} --stop-after-minutes {params.stop} > {log} 2>&1"
 
 
 if PACKED_SIZES:
@@ -83,7 +85,9 @@ if PACKED_SIZES:
             specs=lambda wc, input: " ".join(f"--spec {path}" for path in input.specs),
             data=lambda wc, input: str(Path(input.manifest).parent),
             gpu=gpu_args,
+            stop=stop_after,
         threads: TRAIN_THREADS
+        retries: chain_retries(PACKED_SIZES, PACK_MEMBERS)
         resources:
             gpu=lambda wc: size_gpus(wc.size),
             gpu_slots=lambda wc: gpu_slots(wc.size),
@@ -98,4 +102,4 @@ if PACKED_SIZES:
             f"{RESULTS}/logs/train/{{method}}/{{size}}/{PACK_JOB}.log",
         shell:
             "{params.python} -m stabench train {params.specs} --data {params.data} --threads {threads} {params.gpu}"
-            " > {log} 2>&1"
+            " --stop-after-minutes {params.stop} > {log} 2>&1"
