@@ -257,7 +257,7 @@ class MethodStack:
         return out
 
 
-VALID_LABEL = ("valid: method names joined by '+' (e.g. 'baseline' or 'qk_layernorm+z_loss'), each the name of "
+VALID_LABEL = ("valid: method names joined by '+' (one name, or several such as 'a+b'), each the name of "
                "a file in methods/")
 
 

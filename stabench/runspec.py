@@ -30,7 +30,6 @@ import functools
 import hashlib
 import inspect
 import json
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,12 +61,28 @@ def check_model_keys(model: Mapping, where: str = "model") -> Mapping:
     return model
 
 
+class FrozenDict(dict):
+    """A dict no one can change (a resolved run's nested values); it pickles, deep-copies and
+    writes as JSON like a dict."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a resolved run is frozen; resolve it again (stabench.runspec.resolve_run) to change it")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = __ior__ = _refuse
+
+    def __reduce__(self):
+        return FrozenDict, (dict(self),)
+
+    def __deepcopy__(self, memo):
+        return self  # immutable all the way down
+
+
 def _freeze(value: Any) -> Any:
-    """A read-only copy: mappings become mapping proxies, lists tuples (JSON reads them back alike)."""
+    """A read-only copy: mappings become FrozenDicts, lists tuples (JSON reads them back alike)."""
     if isinstance(value, Section):
         return value
     if isinstance(value, Mapping):
-        return types.MappingProxyType({k: _freeze(v) for k, v in value.items()})
+        return FrozenDict({k: _freeze(v) for k, v in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     return value

@@ -38,7 +38,7 @@ def make_config(method: str = "baseline", d_model: int = 32, n_layers: int = 2, 
     bench["train"].update(train or {})
     bench["data"]["vocab_size"] = max(vocab, 260)
     bench["methods"] = [{"label": "m", "use": method, "args": args or {}}]
-    config = copy.deepcopy(resolve_run(validate(bench), method="m", size="s", lr=lr, seed=0).config)
+    config = resolve_run(validate(bench), method="m", size="s", lr=lr, seed=0).to_dict()  # a plain dict to vary
     config["model"]["vocab_size"] = vocab
     return config
 

@@ -191,7 +191,7 @@ def test_data_prepared_with_other_settings_is_refused_not_overwritten(engine_ben
     (["train-pack", "smoke", "--method", "baseline", "--size", "t16", "--run", "0.01:0:a", "--run", "0.1:0:a"],
      ["share an output folder"]),
     (["eval", "smoke", "--runs", "nowhere", "--out", "e.json"], ["nowhere/metrics.json not found"]),
-    (["train"], ["required"]),
+    (["train"], ["give --spec RUN_JSON, or a benchmark", "missing: benchmark, method, size, lr, out"]),
 ])
 def test_other_bad_commands_are_one_line(tmp_path, capsys, monkeypatch, argv, words):
     monkeypatch.chdir(tmp_path)

@@ -266,8 +266,8 @@ def test_smoke_benchmark_through_slurm(slurm_cluster, tmp_path):
 
 @pytest.mark.timeout(900)
 def test_a_run_longer_than_the_job_limit_continues_in_the_next_job(slurm_cluster, tmp_path):
-    """A pack of two runs of 4000 steps (15-35 s of training on 2 shared cores) under a job limit of
-    0.25 minutes (each job stops its runs 13.5 s after it started): the first SLURM job saves
+    """A pack of two runs of 8000 steps (about 20 s of training on 2 idle cores, 30-70 s on
+    shared ones) under a job limit of 0.25 minutes (each job stops its runs 13.5 s after it started): the first SLURM job saves
     them mid-run and exits 75, Snakemake resubmits, a later job finishes them, and they end
     exactly where the same runs trained in one go end."""
     from stabench import paths
@@ -278,7 +278,7 @@ def test_a_run_longer_than_the_job_limit_continues_in_the_next_job(slurm_cluster
     bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
     bench.update(name="chain", methods=["baseline"], sizes={"t16": bench["sizes"]["t16"]}, seeds=[0],
                  learning_rates=[1.0e-2, 3.0e-3])
-    bench["train"].update(steps=4000, warmup_steps=50, probe_every=100, eval_every=1000, checkpoint_every=2000)
+    bench["train"].update(steps=8000, warmup_steps=50, probe_every=100, eval_every=1000, checkpoint_every=2000)
     bench["eval"] = {"runs": "none"}
     path = tmp_path / "chain.yaml"
     path.write_text(yaml.safe_dump(bench))
@@ -302,7 +302,7 @@ def test_a_run_longer_than_the_job_limit_continues_in_the_next_job(slurm_cluster
     assert len(re.findall(r"Trying to restart job", log)) == len(submitted) - 1
     assert f"returned non-zero exit status {CONTINUE_EXIT}" in log
     # Snakemake shows the failed job's log (its next job's log replaces it): the one line, each time
-    stops = re.findall(r"^stabench: stopped at the job's time limit at step (\d+) of 4000 .*next job$", log, re.M)
+    stops = re.findall(r"^stabench: stopped at the job's time limit at step (\d+) of 8000 .*next job$", log, re.M)
     assert len(stops) == len(submitted) - 1 and stops == sorted(stops, key=int), stops
 
     # the same two runs in one go, here: same losses, bit for bit
