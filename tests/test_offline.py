@@ -7,14 +7,11 @@ aside) and logs it, so an attempt a library swallows still fails the test.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,32 +36,7 @@ def test_the_guard_catches_a_lookup(tmp_path):
     assert "forbidden" in proc.stdout and "getaddrinfo" in network_attempts(log)
 
 
-@pytest.mark.slow
-def test_smoke_workflow_with_evaluation_runs_without_network(tmp_path):
-    log = tmp_path / "net.log"
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-                           str(tmp_path), "--cores", "2", "--config", "benchmark=smoke"],
-                          env=no_network_env(log), capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert network_attempts(log) == ""
-    results = tmp_path / "results" / "smoke"
-    records = sorted((results / "eval").rglob("*.json"))
-    bench = yaml.safe_load((REPO / "benchmarks" / "smoke.yaml").read_text())
-    assert len(records) == len(bench["methods"]) * len(bench["sizes"])
-    for path in records:
-        record = json.loads(path.read_text())
-        if record["status"] == "evaluated":
-            assert record["tasks"]["stabench_cloze"]["status"] == "ok"
-            assert record["settings"]["hub"] is None  # no hub task asked for, none probed
-    runs = pd.read_csv(results / "runs.csv")
-    assert "eval/stabench_cloze/acc" in runs.columns
-    assert (results / "report.html").stat().st_size > 10_000
-    # every job's log is plain lines, no progress bar redrawn with carriage returns (issue 21)
-    logs = [path for path in (results / "logs").rglob("*") if path.is_file()]
-    assert any("eval" in path.parts for path in logs) and (results / "logs" / "prepare_data.log") in logs
-    redrawn = [str(path.relative_to(results)) for path in logs if b"\r" in path.read_bytes()]
-    assert redrawn == [], redrawn
-    assert "tokenize train: " in (results / "logs" / "prepare_data.log").read_text()
+# The smoke workflow under the guard: tests/test_workflow.py's session run (one run serves both).
 
 
 def test_tokenizer_typo_is_one_line_without_network(tmp_path):

@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from test_offline import network_attempts, no_network_env
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -96,12 +97,44 @@ def param_identities(record: dict) -> list[str]:
     raise AssertionError(f"no identities in params {record['params']}")
 
 
+SMOKE_NETLOG: list[Path] = []  # where the session's smoke run logged network attempts
+
+
 @pytest.fixture(scope="session")
 def smoke_results(tmp_path_factory) -> Path:
-    """Run the smoke benchmark once, as a user would: `snakemake --cores 2 --config benchmark=smoke`."""
+    """Run the smoke benchmark once, as a user would: `snakemake --cores 2 --config benchmark=smoke`,
+    every process of it under the offline guard (tests/test_offline.py), which logs any network
+    attempt: one run serves both."""
     workdir = tmp_path_factory.mktemp("smoke")
-    snakemake(workdir, "--cores", "2", "--config", "benchmark=smoke")
+    netlog = tmp_path_factory.mktemp("smoke-net") / "net.log"
+    env = {**no_network_env(netlog), "PATH": snakemake_env()["PATH"]}
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "2", "--config", "benchmark=smoke"],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    SMOKE_NETLOG.append(netlog)
     return workdir
+
+
+def test_smoke_workflow_with_evaluation_runs_without_network(smoke_results):
+    """The default path makes no network access at all, evaluation included, and every job's
+    log is plain lines (no progress bar redrawn with carriage returns)."""
+    assert network_attempts(SMOKE_NETLOG[0]) == ""
+    results = smoke_results / "results" / "smoke"
+    records = sorted((results / "eval").rglob("*.json"))
+    bench = smoke_bench()
+    assert len(records) == len(bench["methods"]) * len(bench["sizes"])
+    for path in records:
+        record = json.loads(path.read_text())
+        if record["status"] == "evaluated":
+            assert record["tasks"]["stabench_cloze"]["status"] == "ok"
+            assert record["settings"]["hub"] is None  # no hub task asked for, none probed
+    runs = pd.read_csv(results / "runs.csv")
+    assert "eval/stabench_cloze/acc" in runs.columns
+    logs = [path for path in (results / "logs").rglob("*") if path.is_file()]
+    assert any("eval" in path.parts for path in logs) and (results / "logs" / "prepare_data.log") in logs
+    redrawn = [str(path.relative_to(results)) for path in logs if b"\r" in path.read_bytes()]
+    assert redrawn == [], redrawn
+    assert "tokenize train: " in (results / "logs" / "prepare_data.log").read_text()
 
 
 def test_smoke_benchmark_leaderboard_and_report(smoke_results):
