@@ -9,7 +9,7 @@ projection biases. Llama does not map (RMSNorm, rotary positions, gated SiLU MLP
 
 What the methods change is folded into the weights where that is exact:
 - a weight reparameterized with ``torch.nn.utils.parametrize`` (everett_mup's multipliers,
-  WeSaR's gates) is exported as the weight the forward pass uses (multiplier x raw weight);
+  a method's gates) is exported as the weight the forward pass uses (multiplier x raw weight);
 - an attention scale other than 1/sqrt(head_dim) (mup_full's 1/head_dim) is folded into the
   query weights: q' = q x scale x sqrt(head_dim), since GPT-2 divides by sqrt(head_dim);
 - the blocks a depth schedule has not unlocked (``GPT.active_blocks``) are left out: the
