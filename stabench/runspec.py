@@ -90,9 +90,7 @@ def _freeze(value: Any) -> Any:
 
 def _thaw(value: Any) -> Any:
     """Plain dicts and lists again (JSON, and configs the caller may change)."""
-    if isinstance(value, Section):
-        return {k: _thaw(v) for k, v in value.items()}
-    if isinstance(value, Mapping):
+    if isinstance(value, Mapping):  # sections, FrozenDicts, plain dicts
         return {k: _thaw(v) for k, v in value.items()}
     if isinstance(value, tuple):
         return [_thaw(v) for v in value]
