@@ -6,7 +6,7 @@ and every number can be unit-tested on hand-built tables. One module, one job:
 
     settings        l0, reference method, margins, bootstrap settings of a benchmark
     runs            metrics.json -> runs table; the effective loss
-    run_stats       per-run numbers from history.csv (log Z drift, early logit, probe peaks)
+    run_stats       per-run numbers from history.csv (log Z divergence, early logit, probe peaks)
     probe_families  the probe families the runs declare
     bootstrap       the shared, paired bootstrap over seeds
     statistics      LR sensitivity, best loss, best LR, ... on LR cells

@@ -27,7 +27,7 @@ LABELS = {  # statistic -> (words, unit)
     "max_stable_lr": ("largest stable LR", "LR grid steps"),
     "best_lr_drift": ("best-LR drift across widths", "LR doublings per width doubling"),
     "probe_peak": ("peak of {probe}", "decades"),
-    "log_z_drift": ("log Z drift from its early value", "nats"),
+    "log_z_divergence": ("log Z outside [0, ln V] late in training", "nats"),
 }
 
 

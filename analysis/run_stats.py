@@ -2,8 +2,8 @@
 
 Claims and predictions then work on one table (pure functions, testable on hand-built frames)
 instead of re-reading histories. Columns added:
-- log_z_drift: how far mean log Z moved from its early value, in either direction (output-logit
-  divergence, Wortsman 3.1.2; see ``log_z_drift``);
+- log_z_divergence: how far mean log Z sits outside its healthy range [0, ln V] late in training
+  (output-logit divergence, Wortsman 3.1.2; see ``log_z_divergence``; NaN for a diverged run);
 - early_step, early_attn_logit: the first block's max attention logit at one early step shared
   by every run of a size (Wortsman 3.4 use step 2000 of 1e5: 2 % of the planned steps), so a
   run that diverged early is read at the same step as the others, or not at all;
@@ -43,32 +43,36 @@ def late_mean(history: pd.DataFrame, column: str, tail: float = 0.2) -> float:
     return float(rows[rows["step"] >= start][column].mean())
 
 
-def log_z_drift(history: pd.DataFrame, tail: float = 0.2) -> float:
-    """Late-training mean of |log Z - log Z_early|: how far the output normalizer has moved from
-    where it started, in either direction (nats; 0 = it stayed put).
+def log_z_divergence(history: pd.DataFrame, vocab_size: float, tail: float = 0.2) -> float:
+    """Late-training mean distance of log Z outside [0, ln V], its healthy range (nats; 0 = it
+    stayed in range; NaN without readings or vocabulary).
 
     Why this statistic (Wortsman et al. 2023, section 3.1.2, output logit divergence): the
-    cross-entropy is invariant to adding a constant to every output logit, so nothing in the
-    loss holds log Z = logsumexp(logits) in place. Without weight decay, at high LRs, they see
-    log Z drift far from 0 and the loss degrade with it; z-loss (1e-4 * log Z^2) anchors it.
-    What diverges is the normalizer's position, in either direction. Here runs start at
-    log Z ~ ln(vocab) ~ +8 (small initial logits), so a drift far from 0 downward first passes
-    0: the old statistic, |log Z| late minus |log Z| early, scored a fall from +8 to -6 as -2
-    ("toward 0", what z-loss does). The distance from the run's own early
-    value counts that fall as 14, a rise as much as a fall, and cancels the starting value
-    (which depends on the init, not on the method). Early = the first probed reading; late =
-    the mean over the last ``tail`` of the probed steps (steady state, not one noisy reading).
-    One caveat: z-loss pulling log Z from +8 toward 0 also moves it; with coefficient 1e-4 that
-    pull is ~0.02 nats in 200 steps, and it is bounded by |log Z_early|, while a divergence is
-    not bounded.
+    cross-entropy is invariant to adding one constant to every output logit, so nothing in the
+    loss holds log Z = logsumexp(logits) in place. Without weight decay, at high LRs, the
+    logits "diverge and become very negative" (log Z falls far below 0) late in training and
+    the loss degrades; z-loss (coef * log Z^2) "encourages log Z to remain close to 0". Two
+    points bound where a healthy run's log Z sits: ln V, the log Z of a model whose logits are
+    all ~0 (where every run starts: small initial logits, V the vocabulary), and 0, where
+    z-loss pulls it. Moving inside [0, ln V] is what learning and z-loss do; a normalizer
+    that leaves it, below 0 (the paper's direction) or above ln V (logits growing positive),
+    has diverged by that many nats. So a fall from +8 to -6 counts 6, a rise to ln V + 4
+    counts 4, and z-loss's own pull from +8 toward 0 counts 0 (a distance from each run's
+    early value counted that pull as drift and scored z-loss as the cause of what it cures).
+    The range is the same for every run of a benchmark (one V), not each run's first
+    reading, which at high LRs is itself an excursion. Late = the mean over the last
+    ``tail`` of the probed steps: the paper sees the divergence late in training, and one
+    reading is noisy. Runs that diverged are left out by the caller (their last readings
+    describe a blown-up loss, which the loss statistics already count).
     """
-    if LOG_Z not in history:
+    if LOG_Z not in history or not (math.isfinite(vocab_size) and vocab_size > 1):
         return math.nan
     rows = history.dropna(subset=[LOG_Z])
     if rows.empty:
         return math.nan
-    early = float(rows[LOG_Z].iloc[0])
-    return late_mean(rows.assign(_moved=(rows[LOG_Z] - early).abs()), "_moved", tail)
+    top = math.log(vocab_size)
+    outside = (rows[LOG_Z] - top).clip(lower=0) + (-rows[LOG_Z]).clip(lower=0)
+    return late_mean(rows.assign(_outside=outside), "_outside", tail)
 
 
 def early_steps(runs: pd.DataFrame, histories: dict[str, pd.DataFrame],
@@ -79,9 +83,9 @@ def early_steps(runs: pd.DataFrame, histories: dict[str, pd.DataFrame],
     for size, group in runs.groupby("size"):
         plan = group["planned_steps"].dropna()
         plan = float(plan.mode().iloc[0]) if not plan.empty else float(group["steps"].max())
-        probed = sorted({float(s) for d in group["run_dir"] if d in histories
-                         for s in histories[d].dropna(subset=[FIRST_BLOCK_LOGIT])["step"]
-                         if FIRST_BLOCK_LOGIT in histories[d] and s > 0})
+        probed = sorted({float(s) for d in group["run_dir"]
+                         if d in histories and FIRST_BLOCK_LOGIT in histories[d]
+                         for s in histories[d].dropna(subset=[FIRST_BLOCK_LOGIT])["step"] if s > 0})
         later = [s for s in probed if s >= fraction * plan]
         out[str(size)] = later[0] if later else math.nan
     return out
@@ -112,7 +116,9 @@ def add_run_stats(runs: pd.DataFrame, histories: dict[str, pd.DataFrame],
     rows = []
     for r in df.itertuples():
         h = histories.get(r.run_dir, empty)
-        row = {"log_z_drift": log_z_drift(h), "early_step": early.get(str(r.size), math.nan),
+        row = {"log_z_divergence": math.nan if bool(getattr(r, "diverged", False))
+               else log_z_divergence(h, float(getattr(r, "vocab_size", math.nan))),
+               "early_step": early.get(str(r.size), math.nan),
                "late_grad_rms": late_mean(h, GRAD_RMS)}
         row["early_attn_logit"] = value_at_step(h, FIRST_BLOCK_LOGIT, row["early_step"])
         for fid, fam in families.items():

@@ -74,7 +74,7 @@ def _attention_logits(ctx: Context) -> dict[str, Any]:
 
 
 def _output_logits(ctx: Context) -> dict[str, Any]:
-    """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.2): log Z drifting from 0,
+    """Output-logit divergence (Chowdhery et al.; Wortsman et al. 3.1.2): log Z drifting far from 0,
     and the spread of the output logits (their std over the vocabulary, mean over positions)."""
     log_z = ctx.log_z.reshape(ctx.members, -1)
     logits = [x.detach().float() for x in ctx.member_logits]

@@ -62,7 +62,7 @@ def done(tmp_path_factory):
 def test_runs_csv_has_l0_and_probe_statistics(done):
     runs = pd.read_csv(done["runs"])
     assert (runs["l0"] == 7.0).all() and (runs.loc[runs["diverged"], "effective_loss"] == 7.0).all()
-    for col in ("uses", "early_step", "early_attn_logit", "log_z_drift", "late_grad_rms", "peak/curv",
+    for col in ("uses", "early_step", "early_attn_logit", "log_z_divergence", "late_grad_rms", "peak/curv",
                 "spikes/curv", "spikes_near/curv", "near_steps/curv", "n_params_non_embedding"):
         assert col in runs, col
     assert "spikes/gates" not in runs  # only families with a threshold are matched against spikes

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from analysis_synthetic import L0, SIZES, benchmark, noise, runs_table, settings_for
@@ -105,23 +106,48 @@ def test_one_size_supported_other_contradicted_is_inconclusive():
 # ---------------------------------------------------------------- compare: log Z drift
 
 @pytest.mark.parametrize("how,expected", [("better", SUPPORTED), ("worse", CONTRADICTED), ("same", INCONCLUSIVE)])
-def test_z_loss_log_z_drift(how, expected):
+def test_z_loss_log_z_divergence(how, expected):
     def drift(m, si, li, seed):
         if how == "same":
             return 0.5 + (swing(seed, 0.3) if m == "nwd_z" else 0.0)
         low = (m == "nwd_z") == (how == "better")
         return (0.1 if low else 2.0) + noise(seed)
     runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"],
-                      uses={"nwd_z": "z_loss+no_weight_decay"}, extra={"log_z_drift": drift})
+                      uses={"nwd_z": "z_loss+no_weight_decay"}, extra={"log_z_divergence": drift})
     res = verdict("z_loss_keeps_log_z_from_drifting", runs)
     assert res.verdict == expected, sentence(res)
     assert all(f.method == "nwd_z" and f.against == "no_weight_decay" for f in res.findings)
 
 
+@pytest.mark.parametrize("plain_falls,expected", [(True, SUPPORTED), (False, INCONCLUSIVE)])
+def test_z_loss_claim_from_log_z_histories(plain_falls, expected):
+    """From histories, through the aggregate step's run stats: without z-loss log Z falls from
+    ln V through 0 to about -6 (the divergence of Wortsman 3.1.2) while z-loss pulls it from ln V
+    toward 0 and no further: supported. When neither leaves [0, ln V], z-loss's pull alone is no
+    evidence either way: inconclusive, never contradicted (a distance from each run's early
+    value scored that pull as drift)."""
+    from analysis.run_stats import add_run_stats
+    runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"], seeds=range(5),
+                      uses={"nwd_z": "z_loss+no_weight_decay"})
+    steps = np.arange(25, 201, 25)
+    top = np.log(runs["vocab_size"].iloc[0])
+
+    def log_z(r):
+        if r.method == "nwd_z":
+            return top - 0.3 * steps / 25
+        end = -6.0 - 0.5 * r.seed if plain_falls else top - 0.1 - 0.02 * r.seed
+        return np.linspace(top - 0.2, end, len(steps))
+    histories = {r.run_dir: pd.DataFrame({"step": steps, "log_z_mean": log_z(r)}) for r in runs.itertuples()}
+    runs = add_run_stats(runs, histories, {})
+    assert (runs.loc[runs.method == "nwd_z", "log_z_divergence"] == 0).all()
+    res = verdict("z_loss_keeps_log_z_from_drifting", runs, seeds=tuple(range(5)))
+    assert res.verdict == expected, sentence(res)
+
+
 def test_z_loss_claim_is_tested_without_weight_decay_only():
     """With weight decay there is no log-Z divergence for z-loss to prevent (Wortsman 3.1.2):
     z_loss against a baseline with decay is not what the claim tests."""
-    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if m == "z_loss" else 2.0) + noise(seed)}
+    drift = {"log_z_divergence": lambda m, si, li, seed: (0.1 if m == "z_loss" else 2.0) + noise(seed)}
     runs = runs_table(lambda m, si, li, seed: 3.0, ["baseline", "z_loss"], extra=drift)
     res = verdict("z_loss_keeps_log_z_from_drifting", runs)
     assert res.verdict == NOT_TESTABLE and res.reason.startswith("needs no_weight_decay+z_loss beside no_weight_decay")
@@ -136,7 +162,7 @@ def test_cpu_logits_benchmark_tests_the_z_loss_claim():
     bench = yaml.safe_load((CLAIMS_DIR.parent / "benchmarks" / "cpu_logits.yaml").read_text())
     specs = method_specs(bench)
     assert len(bench["sizes"]) == 1 and len(bench["seeds"]) >= PER_SIZE_SEEDS
-    drift = {"log_z_drift": lambda m, si, li, seed: (0.1 if "z_loss" in specs[m]["use"] else 2.0) + noise(seed)}
+    drift = {"log_z_divergence": lambda m, si, li, seed: (0.1 if "z_loss" in specs[m]["use"] else 2.0) + noise(seed)}
     runs = runs_table(lambda m, si, li, seed: 3.0, list(specs), sizes=("s1",), seeds=bench["seeds"],
                       uses={m: v["use"] for m, v in specs.items()}, extra=drift)
     settings = resolve(benchmark(bench["methods"], sizes=("s1",), seeds=bench["seeds"]), runs)
@@ -149,7 +175,7 @@ def test_cpu_logits_benchmark_tests_the_z_loss_claim():
 def test_z_loss_not_testable_without_the_column():
     runs = runs_table(lambda m, si, li, seed: 3.0, ["no_weight_decay", "nwd_z"], uses={"nwd_z": "z_loss+no_weight_decay"})
     res = verdict("z_loss_keeps_log_z_from_drifting", runs)
-    assert res.verdict == NOT_TESTABLE and "log_z_drift" in res.reason
+    assert res.verdict == NOT_TESTABLE and "log_z_divergence" in res.reason
 
 
 # ---------------------------------------------------------------- trend: sensitivity vs size
@@ -402,7 +428,7 @@ def test_two_selectors_naming_one_label_give_one_pair():
     z-loss label matches both is tested once."""
     runs = compare_runs("no_weight_decay+z_loss_1e-2", "no_weight_decay", "better",
                         uses={"no_weight_decay+z_loss_1e-2": "no_weight_decay+z_loss"},
-                        extra={"log_z_drift": lambda m, si, li, s: (0.1 if m != "no_weight_decay" else 1.0) + 0.01 * s})
+                        extra={"log_z_divergence": lambda m, si, li, s: (0.1 if m != "no_weight_decay" else 1.0) + 0.01 * s})
     plain = runs.assign(method=runs["uses"])  # the synthetic benchmark takes method names, not labels
     res = check(CLAIMS["z_loss_keeps_log_z_from_drifting"], Context.build(runs, settings_for(plain)))
     assert res.verdict == SUPPORTED, sentence(res)
@@ -492,7 +518,7 @@ def test_claims_cpu_gives_every_shipped_claim_a_verdict():
                                  "n_params_non_embedding": params, "d_model": shape["d_model"],
                                  "n_layers": shape["n_layers"], "vocab_size": 2048, "eps": 1e-8,
                                  "steps": 150.0, "planned_steps": 150.0, "changes_lr_meaning": False,
-                                 "log_z_drift": 1 + rng.random(), "early_attn_logit": 10.0 ** (li + 0.1 * params ** 0.25),
+                                 "log_z_divergence": 1 + rng.random(), "early_attn_logit": 10.0 ** (li + 0.1 * params ** 0.25),
                                  "peak/curvature": 40 * (1 + rng.random()), "spikes/curvature": 2.0,
                                  "spikes_near/curvature": 1.0, "near_steps/curvature": 50.0,
                                  "run_dir": f"runs/{label}/{s}/lr{lr:g}-s{seed}"})

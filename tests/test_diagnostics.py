@@ -10,7 +10,7 @@ from analysis_synthetic import SIZES, runs_table
 from analysis.predict import (extrapolate_attention, fit_log_poly, grad_rms_fits, holdout_attention,
                               size_where_crossing)
 from analysis.probe_families import crossing_counts, declared_families, family_of, family_values
-from analysis.run_stats import add_run_stats, early_steps, late_mean, log_z_drift
+from analysis.run_stats import add_run_stats, early_steps, late_mean, log_z_divergence
 
 
 def test_late_mean_averages_the_tail():
@@ -19,24 +19,40 @@ def test_late_mean_averages_the_tail():
     assert math.isnan(late_mean(h, "missing"))
 
 
-def test_log_z_drift_is_distance_from_the_early_value():
-    away = pd.DataFrame({"step": [0, 10, 20, 30, 40, 50], "log_z_mean": [np.nan, 7.0, 8.0, 9.0, 10.0, 12.0]})
-    assert log_z_drift(away, tail=0.2) == pytest.approx((3.0 + 5.0) / 2)
-    still = pd.DataFrame({"step": [10, 20, 30], "log_z_mean": [8.0, 8.01, 7.99]})
-    assert log_z_drift(still, tail=0.1) == pytest.approx(0.01)
+V = 2048  # ln V = 7.62: where every run's log Z starts (small initial logits)
 
 
-def test_log_z_diverging_downward_counts_as_drift():
-    """Output-logit divergence from log Z ~ +8 goes down through 0 (Wortsman 3.1.2): a fall to -6
-    is a drift of 14 nats, more than a run whose log Z stays put or moves a little toward 0. The
-    old statistic (|late| - |early|) scored the fall as -2, 'pulled toward 0'."""
+def test_log_z_inside_its_healthy_range_is_no_divergence():
+    """Moving inside [0, ln V] is learning or z-loss's own pull toward 0: it counts nothing."""
+    steps = [25, 50, 75, 100, 125]
+    z_loss_pull = pd.DataFrame({"step": steps, "log_z_mean": [7.4, 6.5, 5.9, 5.5, 5.3]})
+    still = pd.DataFrame({"step": steps, "log_z_mean": [7.4, 7.4, 7.3, 7.35, 7.3]})
+    assert log_z_divergence(z_loss_pull, V) == 0.0 and log_z_divergence(still, V) == 0.0
+
+
+def test_log_z_diverging_downward_counts_as_divergence():
+    """Output-logit divergence (Wortsman 3.1.2): the logits become very negative, log Z falls from
+    ~ln V through 0 and beyond. A fall to -6 is 6 nats of divergence, however far it fell from its
+    start; a rise above ln V counts the same way; a NaN reading or a missing vocabulary gives NaN."""
     steps = [0, 25, 50, 75, 100]
     falls = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 4.0, 0.0, -4.0, -6.0]})
-    stays = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 8.0, 7.99, 7.98, 7.98]})
-    assert log_z_drift(falls, tail=0.1) == pytest.approx(14.0)
-    assert log_z_drift(falls) > 5 * log_z_drift(stays) > 0
-    rises = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 12.0, 16.0, 20.0, 22.0]})
-    assert log_z_drift(rises, tail=0.1) == pytest.approx(14.0)  # either direction, the same
+    assert log_z_divergence(falls, V, tail=0.1) == pytest.approx(6.0)
+    assert log_z_divergence(falls, V, tail=0.3) == pytest.approx((4.0 + 6.0) / 2)
+    rises = pd.DataFrame({"step": steps, "log_z_mean": [8.0, 9.0, 10.0, 11.0, 11.62]})
+    assert log_z_divergence(rises, V, tail=0.1) == pytest.approx(11.62 - math.log(V))
+    assert math.isnan(log_z_divergence(falls, math.nan))
+    assert math.isnan(log_z_divergence(pd.DataFrame({"step": steps}), V))
+
+
+def test_a_diverged_run_has_no_log_z_divergence_reading():
+    """A run whose loss diverged is counted by the loss statistics; its last log Z readings
+    describe the blow-up, so the column is NaN and a compare averages over the LRs both trained."""
+    runs = pd.DataFrame([
+        {"method": "a", "size": "s", "lr": lr, "steps": 100, "planned_steps": 100, "run_dir": d,
+         "diverged": div, "vocab_size": V} for lr, d, div in ((0.1, "ok", False), (1.0, "div", True))])
+    hist = {d: pd.DataFrame({"step": [25, 50], "log_z_mean": [-3.0, -9.0]}) for d in ("ok", "div")}
+    out = add_run_stats(runs, hist, {}).set_index("run_dir")["log_z_divergence"]
+    assert out["ok"] == pytest.approx(9.0) and math.isnan(out["div"])
 
 
 def test_early_point_is_the_same_step_for_every_run_of_a_size():
