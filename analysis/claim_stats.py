@@ -31,6 +31,11 @@ LABELS = {  # statistic -> (words, unit)
 }
 
 
+# Statistics read on the LR grid: they compare methods at the same peak LR, which a method that
+# changes what the LR means (its CHANGES_LR_MEANING flag) does not share with the others.
+LR_STATISTICS = frozenset({"lr_sensitivity", "best_lr", "max_stable_lr", "best_lr_drift"})
+
+
 class NotTestable(Exception):
     """The grid lacks what a claim needs; the message says what, in a few words."""
 

@@ -22,7 +22,7 @@ import yaml
 from analysis import catalog
 from analysis.claim_checks import (CONTRADICTED, INCONCLUSIVE, NOT_TESTABLE, PER_SIZE_SEEDS, SUPPORTED, TESTS,
                                    VERDICTS, Finding, combine, deep_enough)
-from analysis.claim_stats import ACROSS, Context, NotTestable, label
+from analysis.claim_stats import ACROSS, LR_STATISTICS, Context, NotTestable, label
 from stabench.config import SHIPPED_DIR
 
 __all__ = ["SUPPORTED", "CONTRADICTED", "INCONCLUSIVE", "NOT_TESTABLE", "VERDICTS", "ClaimError", "Result",
@@ -119,6 +119,14 @@ def check(claim: dict, ctx: Context) -> Result:
                 "the method cannot act there")
         for f in findings:
             f.detail += note
+    if claim.get("statistic") in LR_STATISTICS:
+        rescaling = set(tested.runs.loc[tested.runs["changes_lr_meaning"].astype(bool), "method"]) \
+            if "changes_lr_meaning" in tested.runs else set()
+        for f in findings:
+            flagged = [m for m in (f.method, f.against) if m in rescaling]
+            if flagged:
+                f.detail += (f"; {' and '.join(flagged)} {'changes' if len(flagged) == 1 else 'change'} what the peak "
+                             "LR means (a different step size at the same LR), so this compares the two on the raw LR grid")
     return Result(claim, combine([f.verdict for f in findings]), findings, seeds=seeds)
 
 

@@ -287,6 +287,20 @@ def test_wesar_against_both_inits_and_not_testable():
     assert res.verdict == NOT_TESTABLE and res.reason == "needs wesar beside small_init or wesar beside he_init"
 
 
+def test_a_method_that_changes_what_the_lr_means_is_named_in_lr_grid_findings():
+    """A method flagged CHANGES_LR_MEANING takes a different step at the same peak LR: a finding on
+    the LR grid says so (the verdict stands: it is what the raw grid shows); one on best loss,
+    where each method sits at its own best LR, does not."""
+    runs = stability_runs("wesar", "small_init", {"wesar": 1, "small_init": 99})
+    runs["changes_lr_meaning"] = runs["method"] == "wesar"
+    res = verdict("wesar_trains_at_higher_lrs", runs)
+    assert res.verdict == CONTRADICTED
+    assert all("wesar changes what the peak LR means" in f.detail for f in res.findings)
+    runs = compare_runs("adam_atan2", "baseline", "better", stat="best_loss")
+    runs["changes_lr_meaning"] = runs["method"] == "adam_atan2"
+    assert not any("peak LR means" in f.detail for f in verdict("adam_atan2_matches_adam", runs).findings)
+
+
 # ---------------------------------------------------------------- equivalence: Adam-atan2
 
 @pytest.mark.parametrize("how,expected", [("equal", SUPPORTED), ("worse", CONTRADICTED), ("noisy", INCONCLUSIVE)])
