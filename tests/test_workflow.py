@@ -457,6 +457,19 @@ def test_pack_zero_trains_run_by_run(tmp_path):
         (m, s, f"{lr:g}") for m in bench["methods"] for s in bench["sizes"] for lr in bench["learning_rates"]}
 
 
+def test_workflow_profile_runs_run_rules_in_threads():
+    """Snakemake spawns a whole new Snakemake (a re-parse of this workflow, seconds of CPU) for each
+    job of a `run:` rule unless told to use threads; run_spec has one job per run (630 in
+    claims_cpu). The workflow profile, which Snakemake reads for every run of this workflow and
+    beside any --profile, must keep them in threads, and no rule that trains may be a `run:`."""
+    profile = yaml.safe_load((REPO / "profiles" / "default" / "profile.yaml").read_text())
+    assert profile["force-use-threads"] is True
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"\n(?=\s*rule )", smk.read_text()):
+            if re.search(r"^\s+run:", block, re.M):
+                assert "stabench train" not in block and "python" not in block.split("run:")[1][:300], smk
+
+
 @pytest.mark.parametrize("pack, rule", [("1", "train_pack"), ("0", "train")])
 def test_slurm_profile_dry_run_requests_gpus(tmp_path, pack, rule):
     """The SLURM profile turns each train job into a job asking for its size's GPUs, with the
