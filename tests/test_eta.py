@@ -47,6 +47,25 @@ def test_per_rule_means_and_parallelism():
     assert left.seconds_left(2, 5) == (2 * 30 + 60) / 2
 
 
+def test_no_estimate_while_a_rule_of_many_jobs_has_none_measured():
+    """630 spec writes of 10 ms finish before the first of 126 training jobs: their mean says
+    nothing of training, so there is no line until a training job has finished."""
+    clock = Clock()
+    left = TimeLeft(clock)
+    left.observe("run_info", {"stats": {"run_spec": 3, "train": 2, "report": 1, "total": 6}})
+    for job, rule in enumerate(["run_spec"] * 3 + ["train"] * 2 + ["report"]):
+        left.observe("job_info", {"jobid": job, "rule_name": rule})
+    for job in (0, 1, 2):
+        left.observe("job_started", {"jobs": [job]})
+        clock.t += 0.01
+        left.observe("job_finished", {"job_id": job})
+    assert left.seconds_left(3, 6) is None
+    left.observe("job_started", {"jobs": [3]})
+    clock.t += 60
+    left.observe("job_finished", {"job_id": 3})
+    assert left.seconds_left(4, 6) is not None and left.seconds_left(4, 6) > 60  # one train job + the report
+
+
 def test_the_handler_writes_one_line_after_a_progress_line():
     clock = Clock()
     stream = io.StringIO()
